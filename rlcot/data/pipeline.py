@@ -1,0 +1,203 @@
+"""Grain input pipeline: examples -> templated, tokenised, filtered, shuffled, sharded batches.
+
+Order of operations. At construction every host renders and tokenises the whole split once
+(seconds for benchmark-sized splits) and drops prompts longer than `max_prompt_tokens`, so
+the kept set and the drop count are exact and identical on all hosts. The kept prompts then
+form one global stream: a seeded permutation per epoch (grain's index shuffle, a fresh
+permutation each epoch), repeated `num_epochs` times (None: forever). Host h of H takes
+elements h, h + H, h + 2H, ... of that stream and groups them into batches of B, so global
+batch k (the union over hosts of their batch k) is elements [k·B·H, (k+1)·B·H) of the
+stream, whatever H is. Each pipeline is a grain `MapDataset` of batches: batch k is a pure
+function of (seed, k), and the iterator's state is just the next batch index, which is what
+a checkpoint stores to resume with exactly the same next batches.
+
+A batch is a dict:
+  prompt_text        list[str]            B rendered prompts
+  prompt_ids         list[np.ndarray]     B int32 token arrays, unpadded
+  prompt_tokens_BxT  np.ndarray int32     left-padded with the tokenizer's pad_id; T is
+                                          max_prompt_tokens if set, else the batch maximum
+  prompt_lens_B      np.ndarray int32     true prompt lengths
+  index_B            np.ndarray int64     row of each prompt in the split
+  example            list[dict[str, str]] the decoded examples (gold answer, tests, ...)
+The RL loop repeats each prompt G times itself; the pipeline yields each prompt once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+import grain
+import numpy as np
+
+from rlcot.data.base import decode_example
+from rlcot.data.templates import TemplateConfig, render_prompt
+
+_READ_CHUNK = 1024
+
+
+class PromptTokenizer(Protocol):
+    bos_id: int | None
+    pad_id: int
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """batch_size: prompts per host per step. max_prompt_tokens: longer prompts are dropped
+    (None keeps all). add_bos: None means "if the tokenizer has a BOS and the template is not
+    'chat'" (chat templates write their own BOS). drop_remainder: False keeps a last partial
+    batch (evaluation); True keeps every host's batches full and in step (training).
+    """
+
+    batch_size: int
+    template: TemplateConfig = TemplateConfig()
+    max_prompt_tokens: int | None = None
+    add_bos: bool | None = None
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: int | None = None
+    drop_remainder: bool = True
+
+    def __post_init__(self):
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens <= 0:
+            raise ValueError(f"max_prompt_tokens must be positive or None, "
+                             f"got {self.max_prompt_tokens}")
+        if self.num_epochs is not None and self.num_epochs <= 0:
+            raise ValueError(f"num_epochs must be positive or None, got {self.num_epochs}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+
+
+def left_pad(ids: Sequence[Sequence[int]], pad_id: int,
+             length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens_BxT int32 left-padded with pad_id, lens_B int32); T = length or the longest row."""
+    lens_B = np.array([len(x) for x in ids], dtype=np.int32)
+    longest = int(lens_B.max(initial=0))
+    width = longest if length is None else length
+    if longest > width:
+        raise ValueError(f"a prompt has {longest} tokens, more than the pad length {width}")
+    tokens_BxT = np.full((len(ids), width), pad_id, dtype=np.int32)
+    for b, row in enumerate(ids):
+        if len(row):
+            tokens_BxT[b, width - len(row):] = row
+    return tokens_BxT, lens_B
+
+
+def read_all(source: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every record of a random-access source, decoded, in row order."""
+    n = len(source)
+    getitems = getattr(source, "__getitems__", None)
+    out = []
+    for start in range(0, n, _READ_CHUNK):
+        idx = list(range(start, min(start + _READ_CHUNK, n)))
+        records = getitems(idx) if getitems else [source[i] for i in idx]
+        out.extend(decode_example(r) for r in records)
+    return out
+
+
+class PromptPipeline:
+    """Batches of prompts from one split; see the module docstring for the batch layout.
+
+    source: a random-access sequence of examples (a TFDS data source). shots: the few-shot
+    examples (config.template.num_shots of them). exclude_rows: split rows never used as
+    prompts (the shots, when they come from the same split). shard: this host's share;
+    None means grain.sharding.ShardByJaxProcess().
+    """
+
+    def __init__(self, source: Sequence[Any], tokenizer: PromptTokenizer,
+                 config: PipelineConfig, *, shots: Sequence[Mapping[str, Any]] = (),
+                 exclude_rows: Collection[int] = (),
+                 shard: grain.sharding.ShardOptions | None = None):
+        if config.template.instruction is None:
+            raise ValueError("template.instruction is unresolved (None): give a string, or build "
+                             "the pipeline with rlcot.data.registry.make_pipeline, which fills "
+                             "in the dataset's default")
+        self.config = config
+        self.shard = grain.sharding.ShardByJaxProcess() if shard is None else shard
+        self._source = source
+        self._pad_id = tokenizer.pad_id
+        add_bos = config.add_bos
+        if add_bos is None:
+            add_bos = config.template.name != "chat" and tokenizer.bos_id is not None
+
+        shots = [decode_example(s) for s in shots]
+        self.num_rows = len(source)
+        kept, texts, ids = [], [], []
+        excluded = set(exclude_rows)
+        for row, example in enumerate(read_all(source)):
+            if row in excluded:
+                continue
+            text = render_prompt(config.template, example, shots, tokenizer)
+            tokens = np.asarray(tokenizer.encode(text, add_bos=add_bos), dtype=np.int32)
+            if config.max_prompt_tokens is not None and len(tokens) > config.max_prompt_tokens:
+                continue
+            kept.append(row)
+            texts.append(text)
+            ids.append(tokens)
+        self.num_excluded = len(excluded & set(range(self.num_rows)))
+        self.num_dropped = self.num_rows - self.num_excluded - len(kept)
+        if not kept:
+            raise ValueError(
+                f"no prompts left: {self.num_rows} rows, {self.num_excluded} excluded, "
+                f"{self.num_dropped} longer than max_prompt_tokens={config.max_prompt_tokens}")
+        self.rows = np.asarray(kept, dtype=np.int64)
+        self.prompt_texts = texts
+        self.prompt_ids = ids
+        self.dataset = self._build()
+
+    @property
+    def num_kept(self) -> int:
+        return len(self.rows)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per host per epoch (fractional epochs are possible: the stream is global)."""
+        return len(self.rows) // (self.config.batch_size * self.shard.shard_count)
+
+    def _build(self) -> grain.MapDataset:
+        cfg, count = self.config, self.shard.shard_count
+        stream = grain.MapDataset.range(len(self.rows))
+        if cfg.shuffle:
+            stream = stream.seed(cfg.seed).shuffle()
+        stream = stream.repeat(cfg.num_epochs)
+        if cfg.num_epochs is not None and cfg.drop_remainder:
+            # Keep whole global batches so that every host has the same number of steps.
+            global_batch = cfg.batch_size * count
+            stream = stream[:len(stream) // global_batch * global_batch]
+        stream = stream[self.shard.shard_index::count]
+        return stream.map(self._element).batch(
+            cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=self._collate)
+
+    def _element(self, pos: int) -> dict[str, Any]:
+        row = int(self.rows[pos])
+        return {"index": row, "prompt_text": self.prompt_texts[pos],
+                "prompt_ids": self.prompt_ids[pos],
+                "example": decode_example(self._source[row])}
+
+    def _collate(self, elements: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        ids = [e["prompt_ids"] for e in elements]
+        tokens_BxT, lens_B = left_pad(ids, self._pad_id, self.config.max_prompt_tokens)
+        return {"prompt_text": [e["prompt_text"] for e in elements], "prompt_ids": ids,
+                "prompt_tokens_BxT": tokens_BxT, "prompt_lens_B": lens_B,
+                "index_B": np.array([e["index"] for e in elements], dtype=np.int64),
+                "example": [e["example"] for e in elements]}
+
+    def iterator(self, state: Mapping[str, Any] | None = None) -> grain.DatasetIterator:
+        """A grain iterator over batches; `it.get_state()` is the checkpointable position,
+        and `iterator(state)` (or `it.set_state(state)`) resumes right after it."""
+        it = iter(self.dataset.to_iter_dataset())
+        if state is not None:
+            it.set_state(dict(state))
+        return it
+
+    def __iter__(self):
+        return self.iterator()
+
+    def __len__(self) -> int:
+        """Batches this host yields (huge when num_epochs is None)."""
+        return len(self.dataset)
