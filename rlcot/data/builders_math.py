@@ -203,11 +203,20 @@ class RlcotAime24(RlcotBuilder):
         path = self._fetch(dl_manager, ["aime24/test.jsonl"], AIME24_URL)
         rows = []
         for i, r in enumerate(_read_table(path)):
-            require_fields(r, ("id", "problem", "answer"), f"{path} row {i}")
-            rows.append({"id": f"aime24/{r['id']}", "question": r["problem"].strip(),
+            require_fields(r, ("id", "answer"), f"{path} row {i}")
+            rows.append({"id": f"aime24/{r['id']}",
+                         "question": _problem_text(r, f"{path} row {i}"),
                          "answer": normalize_number(r["answer"]),
                          "solution": (r.get("solution") or "").strip(), "task": "aime24"})
         return {"test": self._generate_examples(rows)}
+
+
+def _problem_text(row: Mapping[str, Any], where: str) -> str:
+    # Mirrors of these sets name the statement 'problem' or 'question'.
+    text = row.get("problem", row.get("question"))
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: neither 'problem' nor 'question' holds the statement")
+    return text.strip()
 
 
 class RlcotAmc23(RlcotBuilder):
@@ -222,10 +231,8 @@ class RlcotAmc23(RlcotBuilder):
         rows = []
         for i, r in enumerate(_read_table(path)):
             require_fields(r, ("id", "answer"), f"{path} row {i}")
-            question = r.get("problem", r.get("question"))
-            if question is None:
-                raise ValueError(f"{path} row {i}: neither 'problem' nor 'question' present")
-            rows.append({"id": f"amc23/{r['id']}", "question": question.strip(),
+            rows.append({"id": f"amc23/{r['id']}",
+                         "question": _problem_text(r, f"{path} row {i}"),
                          "answer": normalize_number(r["answer"]), "solution": "",
                          "task": "amc23"})
         return {"test": self._generate_examples(rows)}

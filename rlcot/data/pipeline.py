@@ -25,6 +25,8 @@ The RL loop repeats each prompt G times itself; the pipeline yields each prompt 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -47,8 +49,9 @@ class PromptTokenizer(Protocol):
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """batch_size: prompts per host per step. max_prompt_tokens: longer prompts are dropped
-    (None keeps all). add_bos: None means "if the tokenizer has a BOS and the template is not
-    'chat'" (chat templates write their own BOS). drop_remainder: False keeps a last partial
+    (None keeps all). add_bos: None means "not for the 'chat' template (chat templates write
+    their own BOS), else the tokenizer's add_bos_by_default (if it has none: whether it has
+    a BOS id)". drop_remainder: False keeps a last partial
     batch (evaluation); True keeps every host's batches full and in step (training).
     """
 
@@ -60,6 +63,7 @@ class PipelineConfig:
     seed: int = 0
     num_epochs: int | None = None
     drop_remainder: bool = True
+    prefetch_batches: int = 2  # read ahead in one background thread; 0 reads synchronously
 
     def __post_init__(self):
         if self.batch_size <= 0:
@@ -71,6 +75,8 @@ class PipelineConfig:
             raise ValueError(f"num_epochs must be positive or None, got {self.num_epochs}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
 
 
 def left_pad(ids: Sequence[Sequence[int]], pad_id: int,
@@ -100,13 +106,28 @@ def read_all(source: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _encode_all(tokenizer: PromptTokenizer, texts: Sequence[str],
+                add_bos: bool) -> list[np.ndarray]:
+    """int32 token arrays of `texts`, through encode_batch when the tokenizer has one."""
+    batch = getattr(tokenizer, "encode_batch", None)
+    out = []
+    for start in range(0, len(texts), _READ_CHUNK):
+        chunk = texts[start:start + _READ_CHUNK]
+        encoded = (batch(chunk, add_bos=add_bos) if batch
+                   else [tokenizer.encode(t, add_bos=add_bos) for t in chunk])
+        out.extend(np.asarray(x, dtype=np.int32) for x in encoded)
+    return out
+
+
 class PromptPipeline:
     """Batches of prompts from one split; see the module docstring for the batch layout.
 
     source: a random-access sequence of examples (a TFDS data source). shots: the few-shot
     examples (config.template.num_shots of them). exclude_rows: split rows never used as
     prompts (the shots, when they come from the same split). shard: this host's share;
-    None means grain.sharding.ShardByJaxProcess().
+    None means grain.sharding.ShardByJaxProcess(). Only its shard_index and shard_count
+    are used (hosts take interleaved elements of the global stream, not grain's contiguous
+    blocks); remainders follow config.drop_remainder.
     """
 
     def __init__(self, source: Sequence[Any], tokenizer: PromptTokenizer,
@@ -123,31 +144,32 @@ class PromptPipeline:
         self._pad_id = tokenizer.pad_id
         add_bos = config.add_bos
         if add_bos is None:
-            add_bos = config.template.name != "chat" and tokenizer.bos_id is not None
+            # Chat templates write their own BOS; plain text gets one if the model expects it.
+            expects_bos = getattr(tokenizer, "add_bos_by_default", tokenizer.bos_id is not None)
+            add_bos = config.template.name != "chat" and bool(expects_bos)
+        self.add_bos = add_bos
 
         shots = [decode_example(s) for s in shots]
         self.num_rows = len(source)
-        kept, texts, ids = [], [], []
         excluded = set(exclude_rows)
+        candidates, texts = [], []
         for row, example in enumerate(read_all(source)):
-            if row in excluded:
-                continue
-            text = render_prompt(config.template, example, shots, tokenizer)
-            tokens = np.asarray(tokenizer.encode(text, add_bos=add_bos), dtype=np.int32)
-            if config.max_prompt_tokens is not None and len(tokens) > config.max_prompt_tokens:
-                continue
-            kept.append(row)
-            texts.append(text)
-            ids.append(tokens)
+            if row not in excluded:
+                candidates.append(row)
+                texts.append(render_prompt(config.template, example, shots, tokenizer))
+        ids = _encode_all(tokenizer, texts, add_bos)
+        limit = config.max_prompt_tokens
+        keep = [i for i, x in enumerate(ids) if limit is None or len(x) <= limit]
+        kept = [candidates[i] for i in keep]
         self.num_excluded = len(excluded & set(range(self.num_rows)))
-        self.num_dropped = self.num_rows - self.num_excluded - len(kept)
+        self.num_dropped = len(candidates) - len(kept)
         if not kept:
             raise ValueError(
                 f"no prompts left: {self.num_rows} rows, {self.num_excluded} excluded, "
-                f"{self.num_dropped} longer than max_prompt_tokens={config.max_prompt_tokens}")
+                f"{self.num_dropped} longer than max_prompt_tokens={limit}")
         self.rows = np.asarray(kept, dtype=np.int64)
-        self.prompt_texts = texts
-        self.prompt_ids = ids
+        self.prompt_texts = [texts[i] for i in keep]
+        self.prompt_ids = [ids[i] for i in keep]
         self.dataset = self._build()
 
     @property
@@ -187,12 +209,43 @@ class PromptPipeline:
                 "index_B": np.array([e["index"] for e in elements], dtype=np.int64),
                 "example": [e["example"] for e in elements]}
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Names the batch sequence (prompts, order, batching, shard); a resumed run must match."""
+        cfg, h = self.config, hashlib.sha256()
+        h.update(repr((cfg.batch_size, cfg.seed, cfg.shuffle, cfg.num_epochs, cfg.drop_remainder,
+                       cfg.max_prompt_tokens, self.shard.shard_index, self.shard.shard_count,
+                       len(self.rows))).encode())
+        h.update(self.rows.tobytes())
+        for ids in self.prompt_ids:
+            h.update(len(ids).to_bytes(4, "little"))
+            h.update(ids.tobytes())
+        return h.hexdigest()[:16]
+
+    def get_state(self, it: grain.DatasetIterator) -> dict[str, Any]:
+        """The position of `it` (JSON-serialisable) for a checkpoint, tagged with the fingerprint."""
+        return {**it.get_state(), "fingerprint": self.fingerprint}
+
     def iterator(self, state: Mapping[str, Any] | None = None) -> grain.DatasetIterator:
-        """A grain iterator over batches; `it.get_state()` is the checkpointable position,
-        and `iterator(state)` (or `it.set_state(state)`) resumes right after it."""
-        it = iter(self.dataset.to_iter_dataset())
+        """A grain iterator over batches, resuming right after `state` if given.
+
+        `state` comes from `get_state(it)` (checked against this pipeline's fingerprint, so a
+        changed dataset, template, tokenizer, seed, batch size or host count fails loudly) or
+        from grain's own `it.get_state()` (not checked).
+        """
+        # grain's default (16 threads, 500 elements) would read 500 *batches* ahead.
+        ahead = self.config.prefetch_batches
+        options = grain.ReadOptions(num_threads=1 if ahead else 0, prefetch_buffer_size=ahead)
+        it = iter(self.dataset.to_iter_dataset(options))
         if state is not None:
-            it.set_state(dict(state))
+            state = dict(state)
+            saved = state.pop("fingerprint", self.fingerprint)
+            if saved != self.fingerprint:
+                raise ValueError(
+                    f"cannot resume: the checkpoint's data fingerprint {saved} differs from this "
+                    f"pipeline's {self.fingerprint} (dataset, prompts, tokenizer, seed, batch "
+                    f"size or sharding changed); position was {state}")
+            it.set_state(state)
         return it
 
     def __iter__(self):

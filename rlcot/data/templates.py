@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -20,17 +20,13 @@ R1_ZERO_TEMPLATE = R1_ZERO_PREAMBLE + " User: {prompt}. Assistant:"
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-class ChatTemplater(Protocol):
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]],
-                            add_generation_prompt: bool = True) -> str: ...
-
-
 @dataclasses.dataclass(frozen=True)
 class TemplateConfig:
     """How an example becomes a prompt string.
 
     name: a key of TEMPLATES. instruction: text appended to the question (None: the
-    dataset's default, see rlcot.data.registry). system: chat system message (chat only).
+    dataset's default, see rlcot.data.registry). system: chat system message; chat_kwargs:
+    extra chat-template variables, e.g. (("enable_thinking", False),) for Qwen3 (chat only).
     num_shots / fewshot_seed: k worked examples drawn deterministically from the dataset's
     few-shot split.
     """
@@ -38,6 +34,7 @@ class TemplateConfig:
     name: str = "r1_zero"
     instruction: str | None = None
     system: str | None = None
+    chat_kwargs: tuple[tuple[str, Any], ...] = ()
     num_shots: int = 0
     fewshot_seed: int = 0
 
@@ -46,9 +43,9 @@ class TemplateConfig:
             raise ValueError(f"unknown template {self.name!r}; choose from {sorted(TEMPLATES)}")
         if self.num_shots < 0:
             raise ValueError(f"num_shots must be >= 0, got {self.num_shots}")
-        if self.system is not None and self.name != "chat":
-            raise ValueError(f"system={self.system!r} is only used by the 'chat' template, "
-                             f"not {self.name!r}")
+        if (self.system is not None or self.chat_kwargs) and self.name != "chat":
+            raise ValueError(f"system={self.system!r} and chat_kwargs={self.chat_kwargs!r} are "
+                             f"only used by the 'chat' template, not {self.name!r}")
 
 
 def user_text(example: Mapping[str, Any], instruction: str | None) -> str:
@@ -69,44 +66,47 @@ def shot_completion(example: Mapping[str, Any], instruction: str | None) -> str:
     return f"{solution}\n{final}" if solution else final
 
 
-def render_r1_zero(example, shots, instruction, system, tokenizer) -> str:
-    del system, tokenizer
-    turns = [f"User: {user_text(s, instruction)}. Assistant: <think> {s.get('solution', '')} "
+def render_r1_zero(example, shots, config: TemplateConfig, tokenizer) -> str:
+    del tokenizer
+    ins = config.instruction
+    turns = [f"User: {user_text(s, ins)}. Assistant: <think> {s.get('solution', '')} "
              f"</think> <answer> {s['answer']} </answer>" for s in shots]
-    turns.append(f"User: {user_text(example, instruction)}. Assistant:")
+    turns.append(f"User: {user_text(example, ins)}. Assistant:")
     # With no shots this is exactly R1_ZERO_TEMPLATE.
     return R1_ZERO_PREAMBLE + " " + "\n".join(turns)
 
 
-def render_chat(example, shots, instruction, system, tokenizer) -> str:
+def render_chat(example, shots, config: TemplateConfig, tokenizer) -> str:
     if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
         raise ValueError("the 'chat' template needs a tokenizer with apply_chat_template, "
                          f"got {type(tokenizer).__name__}")
-    messages = [{"role": "system", "content": system}] if system else []
+    ins = config.instruction
+    messages = [{"role": "system", "content": config.system}] if config.system else []
     for s in shots:
-        messages += [{"role": "user", "content": user_text(s, instruction)},
-                     {"role": "assistant", "content": shot_completion(s, instruction)}]
-    messages.append({"role": "user", "content": user_text(example, instruction)})
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        messages += [{"role": "user", "content": user_text(s, ins)},
+                     {"role": "assistant", "content": shot_completion(s, ins)}]
+    messages.append({"role": "user", "content": user_text(example, ins)})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                         **dict(config.chat_kwargs))
 
 
-def render_qa(example, shots, instruction, system, tokenizer) -> str:
-    del system, tokenizer
-    blocks = [f"Question: {user_text(s, instruction)}\nAnswer: {shot_completion(s, instruction)}"
+def render_qa(example, shots, config: TemplateConfig, tokenizer) -> str:
+    del tokenizer
+    ins = config.instruction
+    blocks = [f"Question: {user_text(s, ins)}\nAnswer: {shot_completion(s, ins)}"
               for s in shots]
-    blocks.append(f"Question: {user_text(example, instruction)}\nAnswer:")
+    blocks.append(f"Question: {user_text(example, ins)}\nAnswer:")
     return "\n\n".join(blocks)
 
 
-def render_raw(example, shots, instruction, system, tokenizer) -> str:
-    del system, tokenizer
+def render_raw(example, shots, config: TemplateConfig, tokenizer) -> str:
+    del tokenizer
     if shots:
         raise ValueError("the 'raw' template takes no few-shot examples; use 'qa' or 'chat'")
-    return user_text(example, instruction)
+    return user_text(example, config.instruction)
 
 
-Renderer = Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], str | None, str | None,
-                     Any], str]
+Renderer = Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], TemplateConfig, Any], str]
 
 TEMPLATES: dict[str, Renderer] = {
     "r1_zero": render_r1_zero,
@@ -121,7 +121,7 @@ def render_prompt(config: TemplateConfig, example: Mapping[str, Any],
     """The prompt text for one example (config.instruction must already be resolved)."""
     if len(shots) != config.num_shots:
         raise ValueError(f"template wants {config.num_shots} shots, got {len(shots)}")
-    return TEMPLATES[config.name](example, shots, config.instruction, config.system, tokenizer)
+    return TEMPLATES[config.name](example, shots, config, tokenizer)
 
 
 def select_shots(num_rows: int, k: int, seed: int) -> list[int]:

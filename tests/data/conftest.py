@@ -39,8 +39,13 @@ class ByteTokenizer:
     def encode_batch(self, texts, add_bos: bool = False) -> list[list[int]]:
         return [self.encode(t, add_bos) for t in texts]
 
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+    add_bos_by_default = True
+
+    def apply_chat_template(self, messages, *, add_generation_prompt: bool = True,
+                            **template_kwargs) -> str:
         text = "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages)
+        if template_kwargs:
+            text = f"<|vars {sorted(template_kwargs.items())}|>" + text
         return text + ("<|assistant|>" if add_generation_prompt else "")
 
 

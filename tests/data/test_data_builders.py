@@ -103,6 +103,8 @@ def test_download_jsonl_and_parquet(shared_data, tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     rows = [json.loads(line) for line in (shared_data / "amc23" / "test.jsonl").open()]
+    # The upstream parquet has id, answer, url, question (no 'problem').
+    rows = [{k: v for k, v in r.items() if k != "problem"} for r in rows]
     parquet = tmp_path / "amc23.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet)
     from rlcot.data.builders_math import AMC23_URL
@@ -111,8 +113,9 @@ def test_download_jsonl_and_parquet(shared_data, tmp_path, monkeypatch):
     builder = RlcotAmc23(data_dir=tmp_path / "built", source_dir=tmp_path / "empty",
                          download=True)
     builder.download_and_prepare()
-    got = [decode_example(r)["answer"] for r in builder.as_data_source(split="test")]
-    assert got == [str(int(r["answer"])) for r in rows]
+    got = [decode_example(r) for r in builder.as_data_source(split="test")]
+    assert [g["answer"] for g in got] == [str(int(r["answer"])) for r in rows]
+    assert [g["question"] for g in got] == [r["question"].strip() for r in rows]
 
 
 def _write_math_tree(root: Path):

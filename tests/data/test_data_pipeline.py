@@ -89,6 +89,19 @@ def test_checkpoint_restore_gives_the_same_next_batches(byte_tokenizer):
     assert _rows([next(fresh)]) == _rows(expected[:1])
 
 
+def test_tagged_state_resumes_and_rejects_a_changed_pipeline(byte_tokenizer):
+    pipe = _pipe(byte_tokenizer, seed=3)
+    it = pipe.iterator()
+    next(it), next(it)
+    state = pipe.get_state(it)
+    assert state == {"next_index": 2, "fingerprint": pipe.fingerprint}
+    expected = _rows([next(it)])
+    assert _rows([next(_pipe(byte_tokenizer, seed=3).iterator(state))]) == expected
+    for changed in (dict(seed=4), dict(batch_size=3), dict(n=23), dict(shard=(0, 2))):
+        with pytest.raises(ValueError, match="cannot resume"):
+            _pipe(byte_tokenizer, **{"seed": 3, **changed}).iterator(state)
+
+
 def test_shards_are_disjoint_cover_an_epoch_and_match_one_host(byte_tokenizer):
     hosts = [_pipe(byte_tokenizer, shard=(h, 3), seed=1) for h in range(3)]
     assert {p.steps_per_epoch for p in hosts} == {4}  # 24 / (B=2 * 3 hosts)

@@ -53,6 +53,9 @@ def test_chat_goes_through_the_tokenizer(byte_tokenizer):
         "<|user|>What is 1+1?\n\nThink.<|end|>"
         "<|assistant|>One plus one is two.\nThe answer is 2.<|end|>"
         "<|user|>What is 2+3?\n\nThink.<|end|><|assistant|>")
+    cfg = TemplateConfig("chat", instruction="", chat_kwargs=(("enable_thinking", False),))
+    assert render_prompt(cfg, EX, [], byte_tokenizer) == (
+        "<|vars [('enable_thinking', False)]|><|user|>What is 2+3?<|end|><|assistant|>")
     with pytest.raises(ValueError, match="apply_chat_template"):
         render_prompt(TemplateConfig("chat", instruction=""), EX, [], None)
 
@@ -67,6 +70,8 @@ def test_raw_and_errors():
         TemplateConfig("r1")
     with pytest.raises(ValueError, match="only used by the 'chat'"):
         TemplateConfig("qa", system="x")
+    with pytest.raises(ValueError, match="only used by the 'chat'"):
+        TemplateConfig("r1_zero", chat_kwargs=(("enable_thinking", False),))
     with pytest.raises(ValueError, match="num_shots"):
         TemplateConfig(num_shots=-1)
 
