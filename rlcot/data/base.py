@@ -5,9 +5,10 @@ Why this works without TensorFlow: TFDS 4.9 serialises examples with its own cop
 `array_record` package and parses them back with a numpy parser (`ExampleParserNp`), so
 `download_and_prepare()` and `as_data_source()` never import TensorFlow as long as the
 file format is array_record, the features are plain (`Text`, scalars) and nothing asks for a
-`tf.data.Dataset`. The one TensorFlow-bound piece is TFDS's archive extractor
-(`tf.io.gfile`), so builders only call `dl_manager.download` (plain HTTP via `requests`) and
-read archives with the standard library.
+`tf.data.Dataset`. The TensorFlow-bound pieces are TFDS's archive extractor and its
+non-HTTP copies (both `tf.io.gfile`), so builders only call `dl_manager.download` on
+https URLs (plain `requests`) and read archives with the standard library. Text features
+come back from a data source as bytes: `decode_example` turns them into str.
 """
 
 from __future__ import annotations

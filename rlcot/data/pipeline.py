@@ -223,7 +223,7 @@ class PromptPipeline:
         return h.hexdigest()[:16]
 
     def get_state(self, it: grain.DatasetIterator) -> dict[str, Any]:
-        """The position of `it` (JSON-serialisable) for a checkpoint, tagged with the fingerprint."""
+        """The position of `it` for a checkpoint (JSON-safe), tagged with the fingerprint."""
         return {**it.get_state(), "fingerprint": self.fingerprint}
 
     def iterator(self, state: Mapping[str, Any] | None = None) -> grain.DatasetIterator:
