@@ -1,0 +1,314 @@
+"""The decoder-only transformer (Flax NNX), its KV cache, and the pure functions used under jit.
+
+Layers are stacked (every per-layer parameter has a leading `layers` axis) and applied with
+`lax.scan`, so compile time does not grow with depth. Attention masks come from token
+positions, which makes left- and right-padded batches, prefill and incremental decode one code
+path: a key is visible to a query when it is valid, not after it, and (on Gemma 3's local layers)
+within the sliding window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlcot.models.config import ModelConfig
+from rlcot.models.rope import apply_rope, rope_tables
+
+_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str, ...], dtype: Any,
+           init: str | float) -> nnx.Param:
+    """A parameter with logical axis names. init: 'ones', 'zeros' or a normal std."""
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (float(init) * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, axes=axes)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Fixed-size KV cache. Slot s of row b holds the token at position pos_BxS[b, s] (-1: empty)."""
+    k_LxBxSxKxH: jax.Array
+    v_LxBxSxKxH: jax.Array
+    pos_BxS: jax.Array
+    index: jax.Array  # int32 scalar: the next slot to write (shared by all rows)
+
+    @property
+    def length(self) -> int:
+        return self.pos_BxS.shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> KVCache:
+    dtype = cfg.compute_dtype if dtype is None else dtype
+    shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                   jnp.full((batch, length), -1, jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def cache_bytes(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> int:
+    """Bytes the KV cache needs, computed before anything is compiled or allocated."""
+    itemsize = jnp.dtype(cfg.compute_dtype if dtype is None else dtype).itemsize
+    kv = 2 * cfg.n_layers * batch * length * cfg.n_kv_heads * cfg.head_dim * itemsize
+    return kv + batch * length * 4
+
+
+def cache_axes() -> KVCache:
+    """Logical axis names of the cache's arrays (for sharding rules)."""
+    kv = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+    return KVCache(kv, kv, ("batch", "cache_length"), ())  # type: ignore[arg-type]
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, offset: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if offset:  # Gemma: (x * (1 + w)) in float32, then cast
+        return (normed * (offset + scale.astype(jnp.float32))).astype(x.dtype)
+    return scale * normed.astype(x.dtype)  # Llama: cast, then scale
+
+
+class Blocks(nnx.Module):
+    """All decoder layers, each parameter stacked over a leading `layers` axis."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        L, d, n, k, h, f = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads,
+                            cfg.head_dim, cfg.mlp_dim)
+        pdt = cfg.weight_dtype
+        std, out_std = d ** -0.5, (n * h) ** -0.5 / math.sqrt(2 * L)
+        norm_init = "zeros" if cfg.norm_offset else "ones"
+        self.attn_norm = _param(rngs, (L, d), ("layers", "norm"), pdt, norm_init)
+        self.q = _param(rngs, (L, d, n, h), ("layers", "embed", "heads", "head_dim"), pdt, std)
+        self.k = _param(rngs, (L, d, k, h), ("layers", "embed", "kv_heads", "head_dim"), pdt, std)
+        self.v = _param(rngs, (L, d, k, h), ("layers", "embed", "kv_heads", "head_dim"), pdt, std)
+        self.o = _param(rngs, (L, n, h, d), ("layers", "heads", "head_dim", "embed"), pdt, out_std)
+        if cfg.qkv_bias:
+            self.q_bias = _param(rngs, (L, n, h), ("layers", "heads", "head_dim"), pdt, "zeros")
+            self.k_bias = _param(rngs, (L, k, h), ("layers", "kv_heads", "head_dim"), pdt, "zeros")
+            self.v_bias = _param(rngs, (L, k, h), ("layers", "kv_heads", "head_dim"), pdt, "zeros")
+        if cfg.qk_norm:
+            self.q_norm = _param(rngs, (L, h), ("layers", "head_dim"), pdt, norm_init)
+            self.k_norm = _param(rngs, (L, h), ("layers", "head_dim"), pdt, norm_init)
+        if cfg.sandwich_norms:
+            self.post_attn_norm = _param(rngs, (L, d), ("layers", "norm"), pdt, norm_init)
+            self.post_mlp_norm = _param(rngs, (L, d), ("layers", "norm"), pdt, norm_init)
+        self.mlp_norm = _param(rngs, (L, d), ("layers", "norm"), pdt, norm_init)
+        self.gate = _param(rngs, (L, d, f), ("layers", "embed", "mlp"), pdt, std)
+        self.up = _param(rngs, (L, d, f), ("layers", "embed", "mlp"), pdt, std)
+        self.down = _param(rngs, (L, f, d), ("layers", "mlp", "embed"), pdt,
+                           f ** -0.5 / math.sqrt(2 * L))
+
+    def layer(self, cfg: ModelConfig, x_BxTxD: jax.Array, cos_BxTxH: jax.Array,
+              sin_BxTxH: jax.Array, mask_BxTxS: jax.Array, kv: tuple[jax.Array, jax.Array] | None,
+              write_index: jax.Array | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """One decoder layer; called inside the layer scan, where every parameter is one layer's.
+
+        kv: this layer's cache (k, v) [B, S, K, H], or None to attend within x itself.
+        Returns the new hidden states and the keys/values attended over (the updated cache).
+        """
+        dt = cfg.compute_dtype
+        eps, off = cfg.norm_eps, cfg.norm_offset
+        h_BxTxD = rms_norm(x_BxTxD, self.attn_norm[...], eps, off)
+        q_BxTxNxH = jnp.einsum("btd,dnh->btnh", h_BxTxD, self.q[...].astype(dt))
+        k_BxTxKxH = jnp.einsum("btd,dkh->btkh", h_BxTxD, self.k[...].astype(dt))
+        v_BxTxKxH = jnp.einsum("btd,dkh->btkh", h_BxTxD, self.v[...].astype(dt))
+        if cfg.qkv_bias:
+            q_BxTxNxH += self.q_bias[...].astype(dt)
+            k_BxTxKxH += self.k_bias[...].astype(dt)
+            v_BxTxKxH += self.v_bias[...].astype(dt)
+        if cfg.qk_norm:
+            q_BxTxNxH = rms_norm(q_BxTxNxH, self.q_norm[...], eps, off)
+            k_BxTxKxH = rms_norm(k_BxTxKxH, self.k_norm[...], eps, off)
+        q_BxTxNxH = apply_rope(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
+        k_BxTxKxH = apply_rope(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
+        if kv is None:
+            k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
+        else:
+            k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
+                kv[0], k_BxTxKxH.astype(kv[0].dtype), write_index, axis=1)
+            v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
+                kv[1], v_BxTxKxH.astype(kv[1].dtype), write_index, axis=1)
+        attn_BxTxD = self._attention(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
+        if cfg.sandwich_norms:
+            attn_BxTxD = rms_norm(attn_BxTxD, self.post_attn_norm[...], eps, off)
+        x_BxTxD = x_BxTxD + attn_BxTxD
+        h_BxTxD = rms_norm(x_BxTxD, self.mlp_norm[...], eps, off)
+        gate_BxTxF = jnp.einsum("btd,df->btf", h_BxTxD, self.gate[...].astype(dt))
+        up_BxTxF = jnp.einsum("btd,df->btf", h_BxTxD, self.up[...].astype(dt))
+        if cfg.activation == "silu":
+            act_BxTxF = jax.nn.silu(gate_BxTxF)
+        else:
+            act_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True)
+        mlp_BxTxD = jnp.einsum("btf,fd->btd", act_BxTxF * up_BxTxF, self.down[...].astype(dt))
+        if cfg.sandwich_norms:
+            mlp_BxTxD = rms_norm(mlp_BxTxD, self.post_mlp_norm[...], eps, off)
+        return x_BxTxD + mlp_BxTxD, (k_BxSxKxH, v_BxSxKxH)
+
+    def _attention(self, cfg: ModelConfig, q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array,
+                   v_BxSxKxH: jax.Array, mask_BxTxS: jax.Array) -> jax.Array:
+        B, T, N, H = q_BxTxNxH.shape
+        K = cfg.n_kv_heads
+        scale = cfg.query_scale if cfg.query_scale is not None else H ** -0.5
+        q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+        logits_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH,
+                                      k_BxSxKxH.astype(q_BxTxNxH.dtype),
+                                      preferred_element_type=jnp.float32) * scale
+        if cfg.attn_logit_softcap:
+            logits_BxKxGxTxS = jnp.tanh(logits_BxKxGxTxS / cfg.attn_logit_softcap)
+            logits_BxKxGxTxS *= cfg.attn_logit_softcap
+        logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, _NEG_INF)
+        probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
+        out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
+        out_BxTxNxH = out_BxTxKxGxH.reshape(B, T, N, H).astype(q_BxTxNxH.dtype)
+        return jnp.einsum("btnh,nhd->btd", out_BxTxNxH, self.o[...].astype(q_BxTxNxH.dtype))
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LM. `__call__` returns float32 logits and the updated cache (or None)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = cfg.weight_dtype
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pdt, 0.02)
+        self.blocks = Blocks(cfg, rngs)
+        self.final_norm = _param(rngs, (cfg.d_model,), ("norm",), pdt,
+                                 "zeros" if cfg.norm_offset else "ones")
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt,
+                                  cfg.d_model ** -0.5)
+
+    def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+                 valid_BxT: jax.Array | None = None, cache: KVCache | None = None,
+                 remat: bool = False) -> tuple[jax.Array, KVCache | None]:
+        h_BxTxD, cache = self.hidden(tokens_BxT, positions_BxT, valid_BxT, cache, remat)
+        return self.logits(h_BxTxD), cache
+
+    def logits(self, h_BxTxD: jax.Array) -> jax.Array:
+        """Float32 logits from final hidden states (e.g. a chunk of them)."""
+        cfg = self.cfg
+        if cfg.tie_embeddings:
+            logits_BxTxV = jnp.einsum("btd,vd->btv", h_BxTxD, self.embed[...].astype(h_BxTxD.dtype),
+                                      preferred_element_type=jnp.float32)
+        else:
+            logits_BxTxV = jnp.einsum("btd,dv->btv", h_BxTxD,
+                                      self.lm_head[...].astype(h_BxTxD.dtype),
+                                      preferred_element_type=jnp.float32)
+        if cfg.final_logit_softcap:
+            logits_BxTxV = jnp.tanh(logits_BxTxV / cfg.final_logit_softcap) * cfg.final_logit_softcap
+        return logits_BxTxV
+
+    def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+               valid_BxT: jax.Array | None = None, cache: KVCache | None = None,
+               remat: bool = False) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states [B, T, D]; with a cache, writes the T tokens at cache.index."""
+        cfg = self.cfg
+        dt = cfg.compute_dtype
+        if valid_BxT is None:
+            valid_BxT = jnp.ones(tokens_BxT.shape, bool)
+        positions_BxT = positions_BxT.astype(jnp.int32)
+        x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
+        if cfg.embed_scale:  # Gemma rounds sqrt(d) to the parameter dtype first
+            x_BxTxD = x_BxTxD * jnp.asarray(math.sqrt(cfg.d_model), cfg.weight_dtype).astype(dt)
+
+        q_pos_BxT = positions_BxT
+        new_pos_BxT = jnp.where(valid_BxT, positions_BxT, -1)
+        if cache is None:
+            k_pos_BxS = new_pos_BxT
+        else:
+            k_pos_BxS = jax.lax.dynamic_update_slice_in_dim(cache.pos_BxS, new_pos_BxT,
+                                                            cache.index, axis=1)
+        visible_BxTxS = ((k_pos_BxS[:, None, :] >= 0)
+                         & (k_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None]))
+        local_L = jnp.asarray(cfg.local_layers)
+        has_local = any(cfg.local_layers)
+        rope_global = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        if has_local:
+            window_BxTxS = (q_pos_BxT[:, :, None] - k_pos_BxS[:, None, :]) < cfg.sliding_window
+            local_mask_BxTxS = visible_BxTxS & window_BxTxS
+            rope_local = rope_tables(positions_BxT, cfg.head_dim, cfg.local_rope_theta, None)
+
+        graphdef, block_state = nnx.split(self.blocks)
+
+        def body(carry, xs):
+            x_BxTxD, kv_all = carry
+            layer_state, is_local, i = xs
+            block = nnx.merge(graphdef, layer_state)
+            if has_local:
+                mask = jnp.where(is_local, local_mask_BxTxS, visible_BxTxS)
+                cos = jnp.where(is_local, rope_local[0], rope_global[0])
+                sin = jnp.where(is_local, rope_local[1], rope_global[1])
+            else:
+                mask, (cos, sin) = visible_BxTxS, rope_global
+            kv = None if kv_all is None else (kv_all[0][i], kv_all[1][i])
+            index = None if cache is None else cache.index
+            x_BxTxD, (k_BxSxKxH, v_BxSxKxH) = block.layer(cfg, x_BxTxD, cos, sin, mask, kv, index)
+            if kv_all is not None:
+                kv_all = (jax.lax.dynamic_update_index_in_dim(kv_all[0], k_BxSxKxH, i, 0),
+                          jax.lax.dynamic_update_index_in_dim(kv_all[1], v_BxSxKxH, i, 0))
+            return (x_BxTxD, kv_all), None
+
+        if remat:
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+        kv_all = None if cache is None else (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH)
+        layer_ids = jnp.arange(cfg.n_layers, dtype=jnp.int32)
+        (x_BxTxD, kv_all), _ = jax.lax.scan(body, (x_BxTxD, kv_all),
+                                            (block_state, local_L, layer_ids))
+        h_BxTxD = rms_norm(x_BxTxD, self.final_norm[...], cfg.norm_eps, cfg.norm_offset)
+        if cache is not None:
+            cache = KVCache(kv_all[0], kv_all[1], k_pos_BxS,
+                            cache.index + jnp.asarray(tokens_BxT.shape[1], jnp.int32))
+        return h_BxTxD, cache
+
+
+# ---- Pure functions over (graphdef, params) for use under jit -------------------------------
+
+def split(model: Transformer) -> tuple[nnx.GraphDef, nnx.State]:
+    return nnx.split(model)
+
+
+def merge(graphdef: nnx.GraphDef, params: nnx.State) -> Transformer:
+    return nnx.merge(graphdef, params)
+
+
+def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """graphdef and a state of ShapeDtypeStructs: the model's structure without allocating it."""
+    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))
+
+
+def init_params(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
+                rules: Any = None) -> tuple[nnx.GraphDef, nnx.State]:
+    """Randomly initialised parameters, created directly in their shardings when a mesh is given."""
+    graphdef, abstract = abstract_model(cfg)
+    make = lambda: nnx.split(Transformer(cfg, nnx.Rngs(seed)))[1]  # noqa: E731
+    if mesh is None:
+        return graphdef, jax.jit(make)()
+    from rlcot.sharding import TRAIN_RULES, state_shardings
+    shardings = state_shardings(abstract, mesh, TRAIN_RULES if rules is None else rules)
+    return graphdef, jax.jit(make, out_shardings=shardings)()
+
+
+def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxT: jax.Array,
+            positions_BxT: jax.Array, valid_BxT: jax.Array | None = None,
+            cache: KVCache | None = None, remat: bool = False
+            ) -> tuple[jax.Array, KVCache | None]:
+    """Float32 logits [B, T, V] (and the updated cache)."""
+    return merge(graphdef, params)(tokens_BxT, positions_BxT, valid_BxT, cache, remat)
+
+
+def positions_from_mask(valid_BxT: jax.Array) -> jax.Array:
+    """Positions 0..n-1 over each row's valid tokens (left or right padding); 0 on padding."""
+    valid = valid_BxT.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0) * valid
+
+
+def count_params(params: Any) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
