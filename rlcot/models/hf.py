@@ -262,23 +262,31 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, rules: A
             **config_overrides: Any) -> tuple[ModelConfig, nnx.GraphDef, nnx.State]:
     """Loads a HF checkpoint directory; each tensor goes straight into its sharding.
 
-    Every device shard is filled from host memory one parameter at a time, so the whole model
-    is never materialised on one host. config_overrides (e.g. param_dtype='bfloat16') apply on
-    top of config.json.
+    config_overrides (e.g. param_dtype='bfloat16') apply on top of config.json.
     """
-    from rlcot.sharding import TRAIN_RULES, make_mesh, state_shardings
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
     cfg = config_from_hf(json.loads((path / "config.json").read_text()), **config_overrides)
+    graphdef, params = load_params(cfg, _SafetensorsDir(path).get, mesh=mesh, rules=rules)
+    return cfg, graphdef, params
+
+
+def load_params(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray], *,
+                mesh: jax.sharding.Mesh | None = None, rules: Any = None
+                ) -> tuple[nnx.GraphDef, nnx.State]:
+    """Model parameters from HF-named host tensors (`get_tensor(name)`), placed in their shardings.
+
+    Every device shard is filled from host memory one parameter at a time, so the whole model
+    is never materialised on one host.
+    """
+    from rlcot.sharding import TRAIN_RULES, make_mesh, state_shardings
     graphdef, abstract = abstract_model(cfg)
     if mesh is None:
         mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     shardings = _flat_vars(state_shardings(abstract, mesh, TRAIN_RULES if rules is None else rules))
-    reader = _SafetensorsDir(path)
     tmap = _tensor_map(cfg)
-    flat = _flat_vars(abstract)
-    missing = set(flat) - set(tmap)
+    missing = set(_flat_vars(abstract)) - set(tmap)
     if missing:
         raise KeyError(f"no HF mapping for parameters {sorted(missing)}")
     loaded = []
@@ -287,20 +295,16 @@ def load_hf(path: str | Path, *, mesh: jax.sharding.Mesh | None = None, rules: A
         name, to_ours, _ = tmap[p]
         shape, dtype = var.get_value().shape, var.get_value().dtype
         if p.startswith("blocks/"):
-            layers = [to_ours(reader.get(name.format(i=i))) for i in range(cfg.n_layers)]
-            host = np.stack(layers)
+            host = np.stack([to_ours(get_tensor(name.format(i=i))) for i in range(cfg.n_layers)])
         else:
-            host = to_ours(reader.get(name))
-            if p == "embed" and host.shape[0] != shape[0]:
-                raise ValueError(f"embedding has {host.shape[0]} rows, config vocab_size is "
-                                 f"{shape[0]}")
+            host = to_ours(get_tensor(name))
         if host.shape != shape:
-            raise ValueError(f"{p}: checkpoint shape {host.shape} != model shape {shape}")
+            raise ValueError(f"{p} ({name}): checkpoint shape {host.shape} != model shape {shape}")
         host = host.astype(dtype)
         array = jax.make_array_from_callback(shape, shardings[p], lambda idx, h=host: h[idx])
         loaded.append((path_t, var.replace(array)))
         del host
-    return cfg, graphdef, nnx.from_flat_state(loaded)
+    return graphdef, nnx.from_flat_state(loaded)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
