@@ -122,6 +122,11 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
     return ModelConfig(**kw)
 
 
+def _query_pre_attn_scalar(cfg: ModelConfig) -> int | float:
+    scalar = round((cfg.query_scale or cfg.head_dim ** -0.5) ** -2, 6)
+    return int(scalar) if scalar == int(scalar) else scalar  # transformers wants an int
+
+
 def config_to_hf(cfg: ModelConfig, dtype: str = "bfloat16") -> dict[str, Any]:
     """A config.json dict that transformers loads as the matching *ForCausalLM."""
     out: dict[str, Any] = dict(
@@ -149,7 +154,7 @@ def config_to_hf(cfg: ModelConfig, dtype: str = "bfloat16") -> dict[str, Any]:
         out.update(attention_bias=False, mlp_bias=False)
     if cfg.family == "gemma3":
         out.update(hidden_activation=out.pop("hidden_act"),
-                   query_pre_attn_scalar=round((cfg.query_scale or cfg.head_dim ** -0.5) ** -2, 6),
+                   query_pre_attn_scalar=_query_pre_attn_scalar(cfg),
                    sliding_window=cfg.sliding_window, rope_local_base_freq=cfg.local_rope_theta,
                    layer_types=["sliding_attention" if t == "local" else "full_attention"
                                 for t in (cfg.layer_types or ("global",) * cfg.n_layers)],

@@ -87,3 +87,34 @@ def test_export_round_trip(loaded, tmp_path):
 def test_config_round_trip(loaded):
     _, _, _, cfg, _, _ = loaded
     assert hf.config_from_hf(hf.config_to_hf(cfg)).replace(name="") == cfg.replace(name="")
+
+
+def test_export_loads_in_transformers(loaded, tmp_path):
+    # Users take trained models out through save_hf: transformers itself must load the export.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    family, _, expected, cfg, graphdef, params = loaded
+    out = hf.save_hf(tmp_path / "export", cfg, params, dtype="float32")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
+                                                              attn_implementation="eager")
+    tokens, valid, positions = make_inputs(cfg.vocab_size)
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(tokens).long(),
+                       attention_mask=torch.from_numpy(valid).long(),
+                       position_ids=torch.from_numpy(positions).long()).logits.numpy()
+    diff = np.abs(np.where(valid[..., None], logits - expected, 0)).max()
+    assert diff <= 1e-5, f"{family}: exported model differs from the source by {diff:.2e}"
+
+
+def test_load_straight_into_shardings(tmp_path):
+    # Each tensor is placed from host memory into its (data, fsdp, tensor) sharding on load.
+    from rlcot import sharding
+    expected = write_checkpoint("qwen2", tmp_path)
+    mesh = sharding.make_mesh(2, 2, 2)
+    cfg, graphdef, params = hf.load_hf(tmp_path, mesh=mesh)
+    q = params["blocks"]["q"].get_value()
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+    tokens, valid, positions = make_inputs(cfg.vocab_size)
+    logits, _ = jax.jit(tr.forward, static_argnums=0)(graphdef, params, tokens, positions, valid)
+    diff = np.abs(np.where(valid[..., None], np.asarray(logits) - expected, 0)).max()
+    assert diff <= 1e-4, diff
