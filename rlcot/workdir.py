@@ -1,0 +1,106 @@
+"""The self-describing workdir: config.json, metrics.jsonl, TensorBoard events, summary.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)  # JSON has no NaN/inf; keep them visible rather than dropping the row
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic write (temp file + rename): a crash never leaves half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    """One JSON line per step in metrics.jsonl, mirrored to TensorBoard.
+
+    On resume from step s, lines for steps > s (written after the checkpoint the run resumes
+    from) are dropped, so the file reads as if the run had never been interrupted.
+    """
+
+    def __init__(self, workdir: str | Path, resume_step: int | None = None,
+                 tensorboard: bool = True):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.path = self.workdir / "metrics.jsonl"
+        rows = read_metrics(self.workdir)
+        keep = [r for r in rows if resume_step is not None and r.get("step", -1) <= resume_step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a")
+        self._tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=(
+                    None if resume_step is None else resume_step + 1))
+            except ImportError:  # TensorBoard logging is optional
+                self._tb = None
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        row = {"step": int(step), **_jsonable(dict(metrics))}
+        self._file.write(json.dumps(row, sort_keys=True) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A console progress line with rate, ETA and a few key metrics (tqdm)."""
+
+    def __init__(self, total: int, initial: int = 0, keys: tuple[str, ...] = (),
+                 desc: str = "rl", disable: bool | None = None):
+        from tqdm import tqdm
+        self.keys = keys
+        self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                         disable=(not sys.stderr.isatty()) if disable is None else disable,
+                         smoothing=0.3)
+        self._start = time.time()
+
+    def update(self, metrics: Mapping[str, Any], n: int = 1) -> None:
+        shown = {}
+        for k in self.keys:
+            if k in metrics:
+                v = metrics[k]
+                shown[k.split("/")[-1]] = f"{v:.3g}" if isinstance(v, float) else v
+        self._bar.set_postfix(shown, refresh=False)
+        self._bar.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
