@@ -10,17 +10,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tokenizers
 
 from rlcot.tokenizer.hf import HFTokenizer
 
 _GGUF_MAGIC = b"GGUF"
-# GGUF value type codes (llama.cpp gguf.h): code -> numpy dtype for the fixed-size ones.
-_SCALAR_DTYPES = {
-    0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32,
-    6: np.float32, 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64,
-}
+# GGUF value type codes (llama.cpp gguf.h): code -> struct format of the fixed-size ones.
+_SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
 
 # llama.cpp token types (tokenizer.ggml.token_type).
@@ -65,8 +61,8 @@ def gguf_path_smollm2() -> Path | None:
 def read_gguf_metadata(path: str | Path, keys: Iterable[str] | None = None) -> dict[str, Any]:
     """The key/value metadata of a GGUF file (all keys, or only `keys`), without its tensors.
 
-    Arrays come back as lists. A few milliseconds for a 49k-token vocabulary, where
-    `gguf.GGUFReader` takes seconds because it builds a numpy view per array element.
+    Arrays come back as lists. About 0.1 s for SmolLM2's 49k tokens and merges, where
+    `gguf.GGUFReader` takes about 3 s because it builds a numpy view per array element.
     """
     wanted = None if keys is None else set(keys)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -95,16 +91,16 @@ def _parse_metadata(buf: memoryview, wanted: set[str] | None, name: str) -> dict
             (n,) = struct.unpack_from("<Q", buf, off)
             value = str(buf[off + 8 : off + 8 + n], "utf-8") if keep else None
             return value, off + 8 + n
-        if kind in _SCALAR_DTYPES:
-            dtype = np.dtype(_SCALAR_DTYPES[kind]).newbyteorder("<")
-            return np.frombuffer(buf, dtype, 1, off)[0].item(), off + dtype.itemsize
+        if kind in _SCALAR_FORMATS:
+            fmt = "<" + _SCALAR_FORMATS[kind]
+            return struct.unpack_from(fmt, buf, off)[0], off + struct.calcsize(fmt)
         if kind == _ARRAY:
             elem_kind, count = struct.unpack_from("<IQ", buf, off)
             off += 12
-            if elem_kind in _SCALAR_DTYPES:
-                dtype = np.dtype(_SCALAR_DTYPES[elem_kind]).newbyteorder("<")
-                values = np.frombuffer(buf, dtype, count, off).tolist() if keep else None
-                return values, off + dtype.itemsize * count
+            if elem_kind in _SCALAR_FORMATS:
+                fmt = f"<{count}{_SCALAR_FORMATS[elem_kind]}"
+                values = list(struct.unpack_from(fmt, buf, off)) if keep else None
+                return values, off + struct.calcsize(fmt)
             items = []
             for _ in range(count):
                 item, off = read_value(elem_kind, off, keep)
