@@ -1,0 +1,62 @@
+"""Command line: `python -m rlcot.main {run,eval} --config experiments/NAME.py[:VARIANT] --workdir DIR`.
+
+    run    the RL loop of an experiment (resumes from DIR when a checkpoint is there)
+    eval   the experiment's evaluation suite on its initial model (or DIR's latest checkpoint)
+
+Any config field can be overridden with --config.KEY=VALUE (e.g. --config.train.steps=20);
+unknown keys fail before anything is computed. On a TPU pod, run the same command on every
+host: jax.distributed is initialised from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment file, optionally with a variant: experiments/NAME.py[:VARIANT].",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
+
+COMMANDS = ("run", "eval")
+
+
+def _maybe_init_distributed() -> None:
+    """Multi-host runs (TPU pods, multi-node GPU) initialise jax.distributed from the env."""
+    import jax
+    multi_host_env = ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID")
+    if any(os.environ.get(k) for k in multi_host_env) and jax.process_count() == 1:
+        try:
+            jax.distributed.initialize()
+        except (RuntimeError, ValueError) as e:  # single-host TPU VMs also set some of these
+            logging.info("jax.distributed.initialize skipped: %s", e)
+
+
+def main(argv: list[str]) -> None:
+    commands = [a for a in argv[1:] if not a.startswith("-")]
+    if len(commands) != 1 or commands[0] not in COMMANDS:
+        raise app.UsageError(f"give one command of {COMMANDS}, got {commands}")
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    _maybe_init_distributed()
+    command, config, workdir = commands[0], _CONFIG.value, _WORKDIR.value
+    if command == "run":
+        from rlcot.loop import run
+        run(config, workdir)
+    else:
+        from rlcot.evaluation.cli import run_eval
+        run_eval(config, workdir)
+
+
+def entry() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    entry()
