@@ -141,7 +141,11 @@ def main() -> None:
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
     if not cfg["namespaces"]:
-        _run_program(cfg, cfg["input_dir"], cfg["python"], cfg["site_dir"])
+        # Stay in between: the program's getppid() is this launcher, never the caller.
+        child = os.fork()
+        if child == 0:
+            _run_program(cfg, cfg["input_dir"], cfg["python"], cfg["site_dir"])
+        _exit_like(os.waitpid(child, 0)[1])
     flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
     uid, gid = os.getuid(), os.getgid()
     _check(_libc.unshare(flags | (CLONE_NEWUSER if cfg["user_namespace"] else 0)), "unshare")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from rlcot.rewards.base import RewardInput, RewardOutput, from_values
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+_SEAM = re.compile(r"</think>\s*<answer>")
 
 
 def with_prompt_think(prompt: str, completion: str, think_in_prompt: bool | str) -> str:
@@ -44,10 +47,15 @@ def strict_format(text: str) -> bool:
 
 
 def soft_format(text: str) -> bool:
-    """A `<think>...</think>` block followed (after whitespace) by an `<answer>...</answer>`
-    block somewhere in the text; anything may surround them."""
-    pos = _positions(text)
-    return pos is not None and not text[pos[1] + len(TAGS[1]):pos[2]].strip()
+    """Like the regex `<think>.*?</think>\\s*<answer>.*?</answer>` found anywhere in the text
+    (anything may surround the two blocks), in linear time."""
+    first_think = text.find("<think>")
+    last_close = text.rfind("</answer>")
+    if first_think < 0 or last_close < 0:
+        return False
+    for m in _SEAM.finditer(text, first_think + len(TAGS[0])):
+        return m.end() <= last_close  # the earliest seam leaves the most room for </answer>
+    return False
 
 
 def tag_count(text: str) -> float:

@@ -32,7 +32,7 @@ End your reply with one line of the form "Score: N/10", N an integer from 0 to 1
 _FIELDS = {"prompt", "completion", "reference"}
 _NUM = r"[-+]?\d+(?:\.\d+)?"
 _KEYWORD = re.compile(
-    rf"(?:score|rating|grade)\W{{0,6}}(?:is\W{{0,3}}|of\W{{0,3}})?({_NUM})(?:\s*(?:/|out of)\s*({_NUM}))?",
+    rf"(?:score|rating|grade)\W{{0,6}}?(?:is\W{{0,3}}?|of\W{{0,3}}?)?({_NUM})(?:\s*(?:/|out of)\s*({_NUM}))?",
     re.IGNORECASE)
 _FRACTION = re.compile(rf"({_NUM})\s*(?:/|out of)\s*({_NUM})", re.IGNORECASE)
 _BOLD = re.compile(rf"\*\*\s*({_NUM})\s*\*\*")

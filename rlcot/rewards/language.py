@@ -7,7 +7,7 @@ import re
 from typing import Callable, Mapping
 
 from rlcot.rewards.base import RewardInput, RewardOutput, from_values
-from rlcot.rewards.format import with_prompt_think
+from rlcot.rewards.format import TAGS, with_prompt_think
 
 Detector = Callable[[str], "str | None"]  # word -> language label, None for "no language"
 
@@ -57,6 +57,8 @@ def chain_of_thought(text: str) -> str:
 
 
 def consistency(text: str, target: str, detector: Detector, empty_value: float) -> tuple[float, dict]:
+    for tag in TAGS:  # template markup is not language
+        text = text.replace(tag, " ")
     labels = [detector(w) for w in words(text)]
     labels = [lab for lab in labels if lab is not None]
     if not labels:

@@ -284,7 +284,8 @@ def _writable_cgroups() -> tuple[str, ...]:
 def capabilities() -> Capabilities:
     """Strongest isolation that works on this host, found once per process by trial runs.
 
-    RLCOT_SANDBOX_ISOLATION=none forces the weakest mode (for debugging).
+    RLCOT_SANDBOX_ISOLATION=none forces the weakest mode (debugging, or a host that is itself
+    a disposable sandbox). As root, finding no isolation at all raises SandboxError.
     """
     root = os.geteuid() == 0
     plain = Capabilities(root, False, False, False, ())
@@ -300,4 +301,9 @@ def capabilities() -> Capabilities:
             if _probe(caps):
                 return caps
     caps = Capabilities(True, False, False, False, cgroups)
-    return caps if cgroups and _probe(caps) else plain
+    if cgroups and _probe(caps):
+        return caps
+    # Root with no isolation at all: a program's os.kill(-1, 9) would kill the whole machine.
+    raise SandboxError("sandbox: running as root but neither namespaces, an unprivileged uid "
+                       "nor cgroups work here; set RLCOT_SANDBOX_ISOLATION=none to run "
+                       "untrusted code without isolation anyway")
