@@ -8,9 +8,11 @@ Always (any Linux/POSIX host):
   - output capped at `output_bytes`: the parent reads at most that much, then kills the program;
   - PR_SET_PDEATHSIG: if the process that started the sandbox dies, the sandbox dies too.
 As root (the CI case) additionally:
-  - the program runs as an unprivileged uid (default 65534, "nobody"), so it cannot raise its
-    limits again, signal or read (/proc/PID/environ) root's processes, or write root's files;
-  - RLIMIT_NPROC (per uid, so it holds for a non-root uid only; root ignores it);
+  - the program runs as an unprivileged uid of its own (one per run, from a range of 65536
+    starting at `uid_base`), so it cannot raise its limits again, signal or read
+    (/proc/PID/environ) other processes, or write root's files;
+  - RLIMIT_NPROC (counted per uid, hence the uid per run: one run's fork bomb cannot use up
+    another run's process budget; root would ignore it);
   - if `unshare` is permitted: new PID, mount, network, IPC and UTS namespaces. The program is
     PID 2 under a tiny init; when init exits or is killed every process in the namespace dies
     (fork bombs and daemonised children included). Only loopback exists, and it is down: no
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -63,7 +66,7 @@ class SandboxLimits:
     max_open_files: int = 64
     output_bytes: int = 1 << 20
     tmpfs_bytes: int = 64 << 20
-    uid: int = 65534  # used only when running as root
+    uid_base: int = 200_000  # as root, each run gets a fresh uid in [uid_base, uid_base + 65536)
     # True puts this environment's site-packages on PYTHONPATH (plain packages only: .pth files
     # and editable installs are not processed). False: standard library only, faster start.
     site_packages: bool = False
@@ -73,6 +76,8 @@ class SandboxLimits:
                      "max_open_files", "output_bytes", "tmpfs_bytes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SandboxLimits.{name} must be > 0, got {getattr(self, name)!r}")
+        if not 1000 <= self.uid_base <= 2**31 - 65536:
+            raise ValueError(f"SandboxLimits.uid_base={self.uid_base} must be in [1000, 2^31 - 65536]")
         if self.memory_bytes < 64 << 20:
             raise ValueError(f"memory_bytes={self.memory_bytes} is too small for Python (>= 64 MiB)")
 
@@ -126,6 +131,15 @@ def _python_paths(site_packages: bool) -> dict[str, str | None]:
     return {"python": python, "python_prefix": prefix, "site_dir": site_dir}
 
 
+_RUN_COUNTER = itertools.count()
+
+
+def _fresh_uid(base: int) -> int:
+    """Distinct for concurrent runs: pool workers have distinct pids, and one process's
+    consecutive (or threaded) runs take successive slots."""
+    return base + ((os.getpid() % 4096) * 16 + next(_RUN_COUNTER) % 16)
+
+
 def _user_nproc(uid: int) -> int:
     n = 0
     for entry in os.listdir("/proc"):
@@ -140,7 +154,7 @@ def _user_nproc(uid: int) -> int:
 def _make_cgroups(limits: SandboxLimits, controllers: tuple[str, ...]) -> list[str]:
     paths = []
     for c in controllers:
-        path = os.path.join(_CGROUP_V1, c, f"rlcot-sbx-{uuid.uuid4().hex[:12]}")
+        path = os.path.join(_CGROUP_V1, c, f"rlcot-sbx-{os.getpid()}-{uuid.uuid4().hex[:12]}")
         os.mkdir(path)
         paths.append(path)
         key, value = (("pids.max", limits.max_processes + 2) if c == "pids"
@@ -187,7 +201,7 @@ def _run(files: dict[str, str | bytes], program: str, limits: SandboxLimits,
         for name, data in files.items():
             with open(os.path.join(workdir, name), "wb") as f:
                 f.write(data.encode() if isinstance(data, str) else data)
-        uid = limits.uid if caps.uid_switch else None
+        uid = _fresh_uid(limits.uid_base) if caps.uid_switch else None
         if uid is not None and not caps.namespaces:
             os.chmod(root, 0o711)
             for name in [*files, ""]:
@@ -267,6 +281,18 @@ def _probe(caps: Capabilities) -> bool:
     return res.ok and res.output.strip() == b"ok"
 
 
+def _sweep_stale_cgroups(controllers: tuple[str, ...]) -> None:
+    """Removes the cgroups of runs whose process died mid-run (a pool worker killed at its hard
+    deadline never reaches its clean-up). Only dead creators' groups: live ones are in use."""
+    for c in controllers:
+        root = os.path.join(_CGROUP_V1, c)
+        for name in os.listdir(root):
+            parts = name.split("-")
+            if name.startswith("rlcot-sbx-") and len(parts) == 4 and parts[2].isdigit() \
+                    and not os.path.exists(f"/proc/{parts[2]}"):
+                _remove_cgroups([os.path.join(root, name)])
+
+
 def _writable_cgroups() -> tuple[str, ...]:
     found = []
     for c in ("pids", "memory"):
@@ -295,6 +321,7 @@ def capabilities() -> Capabilities:
         userns = Capabilities(False, True, True, False, ())
         return userns if _probe(userns) else plain
     cgroups = _writable_cgroups()
+    _sweep_stale_cgroups(cgroups)
     for namespaces, uid_switch in ((True, True), (False, True), (True, False)):
         for cg in ((cgroups, ()) if cgroups else ((),)):
             caps = Capabilities(True, namespaces, False, uid_switch, cg)
