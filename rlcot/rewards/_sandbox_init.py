@@ -134,6 +134,7 @@ def _write_id_maps(uid: int, gid: int) -> None:
 
 def main() -> None:
     cfg = json.loads(sys.argv[1])
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # the caller blocks SIGALRM around our start
     _die_with_parent()
     if os.getppid() != cfg["parent_pid"]:
         os._exit(125)  # parent died before PDEATHSIG was armed

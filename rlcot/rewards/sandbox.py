@@ -218,10 +218,16 @@ def _run(files: dict[str, str | bytes], program: str, limits: SandboxLimits,
                        "memory_bytes": limits.memory_bytes, "file_bytes": limits.file_bytes,
                        "max_open_files": limits.max_open_files},
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-s", "-S", "-B", _LAUNCHER, json.dumps(cfg)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=_env(workdir), cwd=workdir, start_new_session=True, close_fds=True)
+        # A per-item SIGALRM (pool worker) landing inside Popen could leave a started sandbox
+        # that nobody times: hold it until `proc` exists and the finally below can kill it.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-s", "-S", "-B", _LAUNCHER, json.dumps(cfg)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=_env(workdir), cwd=workdir, start_new_session=True, close_fds=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         output, timed_out, truncated = _read_capped(proc, t0 + limits.wall_s, limits.output_bytes)
         _kill_group(proc.pid)  # leftovers outside a PID namespace, and anything on the cap/timeout
         returncode = proc.wait()
@@ -242,13 +248,15 @@ def _run(files: dict[str, str | bytes], program: str, limits: SandboxLimits,
 def _read_capped(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bool, bool]:
     """Reads stdout until EOF, the deadline or `cap` bytes, whichever comes first."""
     fd = proc.stdout.fileno()
+    poller = select.poll()  # not select(): a big trainer may hold fds above FD_SETSIZE
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     chunks, n = [], 0
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return b"".join(chunks), True, False
         # Wake up now and then: the program may exit while a daemonised child holds the pipe.
-        ready, _, _ = select.select([fd], [], [], min(remaining, 0.25))
+        ready = poller.poll(min(remaining, 0.25) * 1000)
         if not ready:
             if proc.poll() is not None:
                 return b"".join(chunks), False, False

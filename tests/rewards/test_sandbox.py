@@ -190,6 +190,12 @@ def test_forged_result_lines_do_not_count():
     assert out.values.tolist() == [-1.0]
 
 
+def test_program_gets_clean_signal_state():
+    res = run_python({"main.py": "import signal\nprint(signal.pthread_sigmask(signal.SIG_BLOCK, []))"},
+                     limits=LIMITS)
+    assert res.output == b"set()\n"
+
+
 def test_file_size_limit():
     res = run_python({"main.py": "open('big', 'wb').write(b'x' * (64 << 20))"},
                      limits=dataclasses.replace(LIMITS, file_bytes=1 << 20))
