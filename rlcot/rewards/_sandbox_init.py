@@ -85,7 +85,10 @@ def _setup_filesystem(cfg: dict) -> str:
         if src:
             os.mkdir(dst, 0o755)
             _mount(src, dst, None, MS_BIND | MS_REC, None)
-            _mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, None)
+            # Keep the source's own flags (ST_* equal MS_* here): in a user namespace they are
+            # locked, and a remount that drops one fails.
+            kept = os.statvfs(src).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC | 1024 | 2048 | 4096)
+            _mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept, None)
     workdir = "/tmp/work"
     os.mkdir(workdir, 0o700)
     for name, data in files.items():

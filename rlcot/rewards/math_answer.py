@@ -78,8 +78,12 @@ def extract_answer(text: str) -> str | None:
     \\boxed{}, else GSM8K's `#### N`, else "the answer is X"; None if there is none."""
     tagged = _last_tag(text, "answer")
     if tagged is not None:
-        boxed = _last_boxed(tagged)
-        return _clean(boxed if boxed is not None else tagged)
+        inner = _untagged_answer(tagged)
+        return inner if inner is not None else _clean(tagged)
+    return _untagged_answer(text)
+
+
+def _untagged_answer(text: str) -> str | None:
     boxed = _last_boxed(text)
     if boxed is not None:
         return _clean(boxed)

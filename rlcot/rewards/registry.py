@@ -102,7 +102,13 @@ class CombinedRewards:
 
 class RewardCombiner:
     """Scores a batch with every term of a spec. `submit` scores in a background thread so the
-    loop can overlap scoring batch t with generating batch t+1; `pool` runs per-item work."""
+    loop can overlap scoring batch t with generating batch t+1; `pool` runs per-item work.
+
+    With pool=None, per-item rewards run inline: under `__call__` on the main thread they keep
+    their SIGALRM time limit, but under `submit` (a background thread) they have none, so
+    training should always pass a RewardPool. An ai_judge term calls `judge_generate` from the
+    scoring thread: with `submit`, that callable must be safe to call off the main thread.
+    """
 
     def __init__(self, spec: Mapping[str, Any], *, pool: RewardPool | None = None,
                  judge_generate: judge.Generate | None = None):

@@ -22,6 +22,8 @@ EXTRACT = [
     ("\\boxed 5", "5"),
     ("<think>maybe 3</think><answer>7</answer>", "7"),
     ("<answer>so \\boxed{3}</answer>", "3"),
+    ("<answer>The answer is 12.</answer>", "12"),
+    ("<answer> 12 </answer>", "12"),
     ("<answer>1</answer> then <answer>2</answer>", "2"),
     ("work\n#### 1,000\n", "1,000"),
     ("Final answer: $\\frac{3}{4}$.", "\\frac{3}{4}"),
