@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +115,20 @@ class Blocks(nnx.Module):
         kv: this layer's cache (k, v) [B, S, K, H], or None to attend within x itself.
         Returns the new hidden states and the keys/values attended over (the updated cache).
         """
+        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.qkv(cfg, x_BxTxD, cos_BxTxH, sin_BxTxH)
+        if kv is None:
+            k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
+        else:
+            k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
+                kv[0], k_BxTxKxH.astype(kv[0].dtype), write_index, axis=1)
+            v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
+                kv[1], v_BxTxKxH.astype(kv[1].dtype), write_index, axis=1)
+        attn_BxTxNxH = self.attend(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
+        return self.out(cfg, x_BxTxD, attn_BxTxNxH), (k_BxSxKxH, v_BxSxKxH)
+
+    def qkv(self, cfg: ModelConfig, x_BxTxD: jax.Array, cos_BxTxH: jax.Array,
+            sin_BxTxH: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries, keys and values of the T new tokens (normed, biased, RoPE applied)."""
         dt = cfg.compute_dtype
         eps, off = cfg.norm_eps, cfg.norm_offset
         h_BxTxD = rms_norm(x_BxTxD, self.attn_norm[...], eps, off)
@@ -130,14 +144,31 @@ class Blocks(nnx.Module):
             k_BxTxKxH = rms_norm(k_BxTxKxH, self.k_norm[...], eps, off)
         q_BxTxNxH = apply_rope(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
         k_BxTxKxH = apply_rope(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
-        if kv is None:
-            k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
-        else:
-            k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
-                kv[0], k_BxTxKxH.astype(kv[0].dtype), write_index, axis=1)
-            v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
-                kv[1], v_BxTxKxH.astype(kv[1].dtype), write_index, axis=1)
-        attn_BxTxD = self._attention(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
+        return q_BxTxNxH, k_BxTxKxH, v_BxTxKxH
+
+    def attend(self, cfg: ModelConfig, q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array,
+               v_BxSxKxH: jax.Array, mask_BxTxS: jax.Array) -> jax.Array:
+        """Grouped-query attention of the T queries over S keys: [B, T, N, H]."""
+        B, T, N, H = q_BxTxNxH.shape
+        K = cfg.n_kv_heads
+        q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+        scores_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH,
+                                      k_BxSxKxH.astype(q_BxTxNxH.dtype),
+                                      preferred_element_type=jnp.float32)
+        probs_BxKxGxTxS = attention_probs(cfg, scores_BxKxGxTxS, mask_BxTxS)
+        out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS.astype(v_BxSxKxH.dtype),
+                                   v_BxSxKxH)
+        return out_BxTxKxGxH.reshape(B, T, N, H).astype(q_BxTxNxH.dtype)
+
+    def out(self, cfg: ModelConfig, x_BxTxD: jax.Array, attn_BxTxNxH: jax.Array) -> jax.Array:
+        """Output projection, residual and MLP block: the layer's new hidden states."""
+        dt = cfg.compute_dtype
+        eps, off = cfg.norm_eps, cfg.norm_offset
+        # One flattened (heads x head_dim) contraction: einsum "btnh,nhd" may order the two
+        # contracted dims (h, n) and then relayout the whole weight at every call.
+        B, T, N, H = attn_BxTxNxH.shape
+        o_NHxD = self.o[...].astype(attn_BxTxNxH.dtype).reshape(N * H, -1)
+        attn_BxTxD = jnp.einsum("btk,kd->btd", attn_BxTxNxH.reshape(B, T, N * H), o_NHxD)
         if cfg.sandwich_norms:
             attn_BxTxD = rms_norm(attn_BxTxD, self.post_attn_norm[...], eps, off)
         x_BxTxD = x_BxTxD + attn_BxTxD
@@ -151,25 +182,68 @@ class Blocks(nnx.Module):
         mlp_BxTxD = jnp.einsum("btf,fd->btd", act_BxTxF * up_BxTxF, self.down[...].astype(dt))
         if cfg.sandwich_norms:
             mlp_BxTxD = rms_norm(mlp_BxTxD, self.post_mlp_norm[...], eps, off)
-        return x_BxTxD + mlp_BxTxD, (k_BxSxKxH, v_BxSxKxH)
+        return x_BxTxD + mlp_BxTxD
 
-    def _attention(self, cfg: ModelConfig, q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array,
-                   v_BxSxKxH: jax.Array, mask_BxTxS: jax.Array) -> jax.Array:
-        B, T, N, H = q_BxTxNxH.shape
-        K = cfg.n_kv_heads
-        scale = cfg.query_scale if cfg.query_scale is not None else H ** -0.5
-        q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
-        logits_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH,
-                                      k_BxSxKxH.astype(q_BxTxNxH.dtype),
-                                      preferred_element_type=jnp.float32) * scale
-        if cfg.attn_logit_softcap:
-            logits_BxKxGxTxS = jnp.tanh(logits_BxKxGxTxS / cfg.attn_logit_softcap)
-            logits_BxKxGxTxS *= cfg.attn_logit_softcap
-        logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, _NEG_INF)
-        probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
-        out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
-        out_BxTxNxH = out_BxTxKxGxH.reshape(B, T, N, H).astype(q_BxTxNxH.dtype)
-        return jnp.einsum("btnh,nhd->btd", out_BxTxNxH, self.o[...].astype(q_BxTxNxH.dtype))
+
+def attention_probs(cfg: ModelConfig, scores_BxKxGxTxS: jax.Array,
+                    mask_BxTxS: jax.Array) -> jax.Array:
+    """Float32 attention weights from raw q.k scores: scale, soft-cap, mask, softmax over S."""
+    head_dim = cfg.head_dim
+    scale = cfg.query_scale if cfg.query_scale is not None else head_dim ** -0.5
+    logits_BxKxGxTxS = scores_BxKxGxTxS.astype(jnp.float32) * scale
+    if cfg.attn_logit_softcap:
+        logits_BxKxGxTxS = jnp.tanh(logits_BxKxGxTxS / cfg.attn_logit_softcap)
+        logits_BxKxGxTxS *= cfg.attn_logit_softcap
+    logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, _NEG_INF)
+    return jax.nn.softmax(logits_BxKxGxTxS, axis=-1)
+
+
+class LayerInputs(NamedTuple):
+    """What a layer needs besides its hidden states: attention mask and RoPE tables."""
+    mask_BxTxS: jax.Array
+    cos_BxTxH: jax.Array
+    sin_BxTxH: jax.Array
+
+
+def layer_inputs(cfg: ModelConfig, positions_BxT: jax.Array, k_pos_BxS: jax.Array
+                 ) -> tuple[LayerInputs, LayerInputs | None]:
+    """(global, local) layer inputs for queries at positions_BxT over keys at k_pos_BxS.
+
+    A key is visible when its slot is filled (position >= 0) and not after the query; local
+    (sliding-window) layers also need it within the window. local is None without such layers.
+    """
+    q_pos_BxT = positions_BxT.astype(jnp.int32)
+    visible_BxTxS = ((k_pos_BxS[:, None, :] >= 0)
+                     & (k_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None]))
+    cos, sin = rope_tables(q_pos_BxT, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    global_inputs = LayerInputs(visible_BxTxS, cos, sin)
+    if not any(cfg.local_layers):
+        return global_inputs, None
+    window_BxTxS = (q_pos_BxT[:, :, None] - k_pos_BxS[:, None, :]) < cfg.sliding_window
+    cos, sin = rope_tables(q_pos_BxT, cfg.head_dim, cfg.local_rope_theta, None)
+    return global_inputs, LayerInputs(visible_BxTxS & window_BxTxS, cos, sin)
+
+
+def embed_tokens(cfg: ModelConfig, embed_VxD: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
+    x_BxTxD = jnp.take(embed_VxD, tokens_BxT, axis=0).astype(cfg.compute_dtype)
+    if cfg.embed_scale:  # Gemma rounds sqrt(d) to the parameter dtype first
+        scale = jnp.asarray(math.sqrt(cfg.d_model), cfg.weight_dtype).astype(cfg.compute_dtype)
+        x_BxTxD = x_BxTxD * scale
+    return x_BxTxD
+
+
+def unembed(cfg: ModelConfig, h_BxTxD: jax.Array, embed_VxD: jax.Array,
+            lm_head_DxV: jax.Array | None = None) -> jax.Array:
+    """Float32 logits from final hidden states (tied embedding or separate head, soft-capped)."""
+    if cfg.tie_embeddings:
+        logits_BxTxV = jnp.einsum("btd,vd->btv", h_BxTxD, embed_VxD.astype(h_BxTxD.dtype),
+                                  preferred_element_type=jnp.float32)
+    else:
+        logits_BxTxV = jnp.einsum("btd,dv->btv", h_BxTxD, lm_head_DxV.astype(h_BxTxD.dtype),
+                                  preferred_element_type=jnp.float32)
+    if cfg.final_logit_softcap:
+        logits_BxTxV = jnp.tanh(logits_BxTxV / cfg.final_logit_softcap) * cfg.final_logit_softcap
+    return logits_BxTxV
 
 
 class Transformer(nnx.Module):
@@ -194,47 +268,26 @@ class Transformer(nnx.Module):
 
     def logits(self, h_BxTxD: jax.Array) -> jax.Array:
         """Float32 logits from final hidden states (e.g. a chunk of them)."""
-        cfg = self.cfg
-        if cfg.tie_embeddings:
-            logits_BxTxV = jnp.einsum("btd,vd->btv", h_BxTxD, self.embed[...].astype(h_BxTxD.dtype),
-                                      preferred_element_type=jnp.float32)
-        else:
-            logits_BxTxV = jnp.einsum("btd,dv->btv", h_BxTxD,
-                                      self.lm_head[...].astype(h_BxTxD.dtype),
-                                      preferred_element_type=jnp.float32)
-        if cfg.final_logit_softcap:
-            logits_BxTxV = jnp.tanh(logits_BxTxV / cfg.final_logit_softcap) * cfg.final_logit_softcap
-        return logits_BxTxV
+        lm_head = None if self.cfg.tie_embeddings else self.lm_head[...]
+        return unembed(self.cfg, h_BxTxD, self.embed[...], lm_head)
 
     def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                valid_BxT: jax.Array | None = None, cache: KVCache | None = None,
                remat: bool = False) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, D]; with a cache, writes the T tokens at cache.index."""
         cfg = self.cfg
-        dt = cfg.compute_dtype
         if valid_BxT is None:
             valid_BxT = jnp.ones(tokens_BxT.shape, bool)
         positions_BxT = positions_BxT.astype(jnp.int32)
-        x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
-        if cfg.embed_scale:  # Gemma rounds sqrt(d) to the parameter dtype first
-            x_BxTxD = x_BxTxD * jnp.asarray(math.sqrt(cfg.d_model), cfg.weight_dtype).astype(dt)
-
-        q_pos_BxT = positions_BxT
+        x_BxTxD = embed_tokens(cfg, self.embed[...], tokens_BxT)
         new_pos_BxT = jnp.where(valid_BxT, positions_BxT, -1)
         if cache is None:
             k_pos_BxS = new_pos_BxT
         else:
             k_pos_BxS = jax.lax.dynamic_update_slice_in_dim(cache.pos_BxS, new_pos_BxT,
                                                             cache.index, axis=1)
-        visible_BxTxS = ((k_pos_BxS[:, None, :] >= 0)
-                         & (k_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None]))
+        global_in, local_in = layer_inputs(cfg, positions_BxT, k_pos_BxS)
         local_L = jnp.asarray(cfg.local_layers)
-        has_local = any(cfg.local_layers)
-        rope_global = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-        if has_local:
-            window_BxTxS = (q_pos_BxT[:, :, None] - k_pos_BxS[:, None, :]) < cfg.sliding_window
-            local_mask_BxTxS = visible_BxTxS & window_BxTxS
-            rope_local = rope_tables(positions_BxT, cfg.head_dim, cfg.local_rope_theta, None)
 
         graphdef, block_state = nnx.split(self.blocks)
 
@@ -242,12 +295,10 @@ class Transformer(nnx.Module):
             x_BxTxD, kv_all = carry
             layer_state, is_local, i = xs
             block = nnx.merge(graphdef, layer_state)
-            if has_local:
-                mask = jnp.where(is_local, local_mask_BxTxS, visible_BxTxS)
-                cos = jnp.where(is_local, rope_local[0], rope_global[0])
-                sin = jnp.where(is_local, rope_local[1], rope_global[1])
+            if local_in is not None:
+                mask, cos, sin = (jnp.where(is_local, a, b) for a, b in zip(local_in, global_in))
             else:
-                mask, (cos, sin) = visible_BxTxS, rope_global
+                mask, cos, sin = global_in
             kv = None if kv_all is None else (kv_all[0][i], kv_all[1][i])
             index = None if cache is None else cache.index
             x_BxTxD, (k_BxSxKxH, v_BxSxKxH) = block.layer(cfg, x_BxTxD, cos, sin, mask, kv, index)
