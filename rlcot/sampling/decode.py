@@ -1,0 +1,174 @@
+"""The sampling-time model: per-layer parameter buffers, a decode-shaped KV cache, one forward.
+
+Training stacks every layer's parameters on a leading axis and scans over it. Decoding that way
+makes XLA copy each layer's weight slice and cache slice out of (and the cache back into) the
+stacked buffers at every step, which on CPU costs more than the matmuls. The sampling layout
+keeps one buffer per layer instead (the layers are unrolled; compile time grows with depth but
+stays seconds) and a cache with one buffer per layer, keys stored transposed [B, K, H, S] so
+that both attention contractions read the cache in place. The layer math itself is the
+model's own (Blocks.qkv / Blocks.out), so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlcot.models.config import ModelConfig
+from rlcot.models.transformer import (Blocks, attention_probs, cache_bytes, embed_tokens,
+                                      layer_inputs, rms_norm, unembed)
+from rlcot.sharding import SAMPLE_RULES, named_sharding
+
+
+def _is_var(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SamplingParams:
+    """Model parameters in the sampling layout: top-level arrays and one state per layer."""
+    top: dict[str, jax.Array]        # embed, final_norm (and lm_head when untied)
+    layers: tuple[nnx.State, ...]    # each layer's Blocks parameters, without the layer axis
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeCache:
+    """Per-layer KV buffers. Slot s of row b holds the token at position pos_BxS[b, s] (-1: empty)."""
+    k_BxKxHxS: tuple[jax.Array, ...]  # one per layer; keys transposed for q.k without a relayout
+    v_BxKxSxH: tuple[jax.Array, ...]  # one per layer
+    pos_BxS: jax.Array
+    index: jax.Array  # int32 scalar: next slot to write (shared by all rows)
+
+
+@functools.lru_cache(maxsize=None)
+def block_graphdef(cfg: ModelConfig) -> nnx.GraphDef:
+    return nnx.split(nnx.eval_shape(lambda: Blocks(cfg, nnx.Rngs(0))))[0]
+
+
+def _layer_slice(v: nnx.Variable, i: int) -> nnx.Variable:
+    return v.replace(v.get_value()[i], axes=tuple(getattr(v, "axes", ()) or ())[1:] or None)
+
+
+def _layer_sharding(v: nnx.Variable, mesh: jax.sharding.Mesh, rules: Mapping[str, Any]):
+    shape = v.get_value().shape[1:]
+    axes = getattr(v, "axes", None)
+    axes = tuple(axes[1:]) if axes else (None,) * len(shape)
+    return named_sharding(mesh, axes, rules, shape)
+
+
+def to_sampling_params(cfg: ModelConfig, params: nnx.State, mesh: jax.sharding.Mesh | None = None,
+                       rules: Mapping[str, Any] | None = None) -> SamplingParams:
+    """Reshards model parameters (any layout, e.g. FSDP training) into the sampling layout.
+
+    With a mesh, every buffer lands directly in its sampling sharding (SAMPLE_RULES by default:
+    no FSDP on parameters, heads over `tensor`), so the layers are never gathered on one device.
+    """
+    if "blocks" not in params:
+        raise KeyError(f"expected a Transformer state with 'blocks', got keys {list(params.keys())}")
+    blocks = params["blocks"]
+    top_vars = {k: v for k, v in params.items() if k != "blocks"}
+
+    def convert(blocks, top_vars):
+        layers = tuple(jax.tree.map(lambda v: _layer_slice(v, i), blocks, is_leaf=_is_var)
+                       for i in range(cfg.n_layers))
+        return SamplingParams({k: v.get_value() for k, v in top_vars.items()}, layers)
+
+    if mesh is None:
+        return jax.jit(convert)(blocks, top_vars)
+    rules = SAMPLE_RULES if rules is None else rules
+    layer_sh = jax.tree.map(lambda v: _layer_sharding(v, mesh, rules), blocks, is_leaf=_is_var)
+    top_sh = {k: named_sharding(mesh, v.axes, rules, v.get_value().shape)
+              for k, v in top_vars.items()}
+    shardings = SamplingParams(top_sh, (layer_sh,) * cfg.n_layers)
+    return jax.jit(convert, out_shardings=shardings)(blocks, top_vars)
+
+
+def cache_shapes(cfg: ModelConfig, rows: int, length: int, dtype: Any) -> DecodeCache:
+    """The cache's arrays as ShapeDtypeStructs (for sizes and shardings before allocating)."""
+    L, K, H = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
+    k = jax.ShapeDtypeStruct((rows, K, H, length), dtype)
+    v = jax.ShapeDtypeStruct((rows, K, length, H), dtype)
+    return DecodeCache((k,) * L, (v,) * L, jax.ShapeDtypeStruct((rows, length), jnp.int32),
+                       jax.ShapeDtypeStruct((), jnp.int32))
+
+
+def decode_cache_bytes(cfg: ModelConfig, rows: int, length: int, dtype: Any) -> int:
+    return cache_bytes(cfg, rows, length, dtype)  # same contents as the model's KVCache
+
+
+def cache_logical_axes(cfg: ModelConfig) -> DecodeCache:
+    L = cfg.n_layers
+    return DecodeCache((("batch", "kv_heads", "head_dim", "cache_length"),) * L,
+                       (("batch", "kv_heads", "cache_length", "head_dim"),) * L,
+                       ("batch", "cache_length"), ())
+
+
+def init_cache(cfg: ModelConfig, rows: int, length: int, dtype: Any) -> DecodeCache:
+    shapes = cache_shapes(cfg, rows, length, dtype)
+    k = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes.k_BxKxHxS)
+    v = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes.v_BxKxSxH)
+    return DecodeCache(k, v, jnp.full((rows, length), -1, jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def _attend(cfg: ModelConfig, q_BxTxNxH: jax.Array, k_BxKxHxS: jax.Array, v_BxKxSxH: jax.Array,
+            mask_BxTxS: jax.Array) -> jax.Array:
+    """Grouped-query attention over the transposed-key cache: [B, T, N, H] (cf. Blocks.attend).
+
+    Written with dot_general so the operand order is fixed: with einsum, XLA may compute the
+    transposed product and then relayout the output projection's weights at every step.
+    """
+    B, T, N, H = q_BxTxNxH.shape
+    K = cfg.n_kv_heads
+    G = N // K
+    S = k_BxKxHxS.shape[-1]
+    batch = ((0, 1), (0, 1))
+    q_BxKxGTxH = q_BxTxNxH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
+    scores_BxKxGTxS = jax.lax.dot_general(q_BxKxGTxH, k_BxKxHxS.astype(q_BxTxNxH.dtype),
+                                          (((3,), (2,)), batch),
+                                          preferred_element_type=jnp.float32)
+    probs_BxKxGxTxS = attention_probs(cfg, scores_BxKxGTxS.reshape(B, K, G, T, S), mask_BxTxS)
+    out_BxKxGTxH = jax.lax.dot_general(
+        probs_BxKxGxTxS.reshape(B, K, G * T, S).astype(v_BxKxSxH.dtype), v_BxKxSxH,
+        (((3,), (2,)), batch))
+    out_BxTxNxH = out_BxKxGTxH.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    return out_BxTxNxH.astype(q_BxTxNxH.dtype)
+
+
+def forward(cfg: ModelConfig, sp: SamplingParams, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+            valid_BxT: jax.Array, cache: DecodeCache) -> tuple[jax.Array, DecodeCache]:
+    """Final-norm hidden states [B, T, D] of T new tokens, written into the cache at its index."""
+    graphdef = block_graphdef(cfg)
+    positions_BxT = positions_BxT.astype(jnp.int32)
+    x_BxTxD = embed_tokens(cfg, sp.top["embed"], tokens_BxT)
+    new_pos_BxT = jnp.where(valid_BxT, positions_BxT, -1)
+    k_pos_BxS = jax.lax.dynamic_update_slice_in_dim(cache.pos_BxS, new_pos_BxT, cache.index, 1)
+    global_in, local_in = layer_inputs(cfg, positions_BxT, k_pos_BxS)
+    ks, vs = [], []
+    for i in range(cfg.n_layers):
+        block = nnx.merge(graphdef, sp.layers[i])
+        mask, cos, sin = local_in if cfg.local_layers[i] else global_in
+        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = block.qkv(cfg, x_BxTxD, cos, sin)
+        k_cache = cache.k_BxKxHxS[i]
+        v_cache = cache.v_BxKxSxH[i]
+        k_cache = jax.lax.dynamic_update_slice_in_dim(
+            k_cache, k_BxTxKxH.transpose(0, 2, 3, 1).astype(k_cache.dtype), cache.index, 3)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(
+            v_cache, v_BxTxKxH.transpose(0, 2, 1, 3).astype(v_cache.dtype), cache.index, 2)
+        attn_BxTxNxH = _attend(cfg, q_BxTxNxH, k_cache, v_cache, mask)
+        x_BxTxD = block.out(cfg, x_BxTxD, attn_BxTxNxH)
+        ks.append(k_cache)
+        vs.append(v_cache)
+    h_BxTxD = rms_norm(x_BxTxD, sp.top["final_norm"], cfg.norm_eps, cfg.norm_offset)
+    index = cache.index + jnp.asarray(tokens_BxT.shape[1], jnp.int32)
+    return h_BxTxD, DecodeCache(tuple(ks), tuple(vs), k_pos_BxS, index)
+
+
+def logits(cfg: ModelConfig, sp: SamplingParams, h_BxTxD: jax.Array) -> jax.Array:
+    return unembed(cfg, h_BxTxD, sp.top["embed"], sp.top.get("lm_head"))

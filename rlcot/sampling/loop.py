@@ -1,0 +1,143 @@
+"""The compiled rollout: shared prefill, then one `lax.while_loop` over decode steps."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlcot.models.config import ModelConfig
+from rlcot.models.transformer import positions_from_mask
+from rlcot.sampling import decode
+from rlcot.sampling.filters import choose
+from rlcot.sampling.spec import SamplingSpec
+from rlcot.sharding import logical_to_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopStatic:
+    """Everything that shapes the compiled loop (hashable, a static jit argument)."""
+    cfg: ModelConfig
+    spec: SamplingSpec      # spec.compiled(gen_len)
+    num_samples: int        # G
+    pad_id: int
+    mesh: Mesh | None
+    rules: tuple[tuple[str, Any], ...]  # sharding rules as items (hashable)
+
+    def constrain(self, x: Any, axes: Any) -> Any:
+        """Pins x to the sharding of its logical axes (no-op without a mesh)."""
+        if self.mesh is None:
+            return x
+        rules = dict(self.rules)
+        is_axes = lambda a: isinstance(a, tuple) and all(isinstance(n, (str, type(None))) for n in a)  # noqa: E731
+
+        def one(a, arr):
+            spec = logical_to_spec(a, rules, arr.shape, self.mesh) if a else PartitionSpec()
+            return jax.lax.with_sharding_constraint(arr, NamedSharding(self.mesh, spec))
+        return jax.tree.map(one, axes, x, is_leaf=is_axes)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LoopOut:
+    tokens_NxT: jax.Array
+    logp_NxT: jax.Array
+    sample_logp_NxT: jax.Array
+    lengths_N: jax.Array
+    stopped_N: jax.Array
+    steps: jax.Array
+
+
+def _row_uniforms(row_keys_N: jax.Array, step: jax.Array) -> jax.Array:
+    # Keys from (rng, row, step): a row's draws do not depend on the batch around it or on how
+    # the batch is sharded.
+    return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(row_keys_N)
+
+
+def run(static: LoopStatic, sp: decode.SamplingParams, prompt_BxP: jax.Array,
+        prompt_len_B: jax.Array, rng: jax.Array, stop_table: jax.Array, limit: jax.Array,
+        real_rows: jax.Array) -> LoopOut:
+    """Samples G completions for each of B left-padded prompts; rows are prompt-major (b*G + g).
+
+    limit: max new tokens (<= the compiled length T); real_rows: rows past it are batch padding
+    and start done. stop_table: [states, V] stop-string automaton (a [1, V] zero table: none).
+    """
+    cfg, spec, G = static.cfg, static.spec, static.num_samples
+    B, P = prompt_BxP.shape
+    T = spec.max_new_tokens
+    N = B * G
+    cache_dtype = jnp.dtype(spec.cache_dtype or cfg.dtype)
+    cache_axes = decode.cache_logical_axes(cfg)
+
+    # Prefill once per prompt, then share its KV among the prompt's G rows.
+    valid_BxP = jnp.arange(P)[None, :] >= (P - prompt_len_B)[:, None]
+    positions_BxP = positions_from_mask(valid_BxP)
+    cache = static.constrain(decode.init_cache(cfg, B, P + T, cache_dtype), cache_axes)
+    h_BxPxD, cache = decode.forward(cfg, sp, prompt_BxP, positions_BxP, valid_BxP, cache)
+    logits_BxV = decode.logits(cfg, sp, h_BxPxD[:, -1:])[:, 0]
+    if G > 1:
+        cache = dataclasses.replace(
+            cache, **{f.name: jax.tree.map(lambda a: jnp.repeat(a, G, axis=0), getattr(cache, f.name))
+                      for f in dataclasses.fields(cache) if f.name != "index"})
+        logits_BxV = jnp.repeat(logits_BxV, G, axis=0)
+    cache = static.constrain(cache, cache_axes)
+    logits_NxV = static.constrain(logits_BxV, ("batch", "vocab"))
+    next_pos_N = jnp.repeat(prompt_len_B, G).astype(jnp.int32)
+
+    rows_N = jnp.arange(N, dtype=jnp.int32)
+    row_keys_N = jax.vmap(lambda i: jax.random.fold_in(rng, i))(rows_N)
+    stop_ids = jnp.asarray(spec.stop_ids or (-1,), jnp.int32)
+    match_state = stop_table.shape[0] - 1
+    use_strings = stop_table.shape[0] > 1
+
+    def sample(t, logits_NxV, done_N, stopped_N, state_N, bufs):
+        u_N = None if spec.greedy else _row_uniforms(row_keys_N, t)
+        tok_N, logp_N, slogp_N = choose(logits_NxV, u_N, spec)
+        live_N = ~done_N
+        tok_N = jnp.where(live_N, tok_N, static.pad_id)
+        tokens, logp, slogp, lengths = bufs
+        write = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[:, None], t, 1)  # noqa: E731
+        tokens = write(tokens, tok_N)
+        logp = write(logp, jnp.where(live_N, logp_N, 0.0))
+        slogp = write(slogp, jnp.where(live_N, slogp_N, 0.0))
+        lengths = lengths + live_N.astype(jnp.int32)
+        hit_N = jnp.any(tok_N[:, None] == stop_ids[None, :], axis=-1)
+        if use_strings:
+            flat_N = state_N * stop_table.shape[1] + tok_N
+            state_N = stop_table.reshape(-1)[flat_N].astype(jnp.int32)
+            hit_N = hit_N | (state_N == match_state)
+        stopped_N = stopped_N | (live_N & hit_N)
+        done_N = done_N | stopped_N | (t + 1 >= limit)
+        return tok_N, done_N, stopped_N, state_N, (tokens, logp, slogp, lengths)
+
+    bufs = (static.constrain(jnp.full((N, T), static.pad_id, jnp.int32), ("batch", None)),
+            static.constrain(jnp.zeros((N, T), jnp.float32), ("batch", None)),
+            static.constrain(jnp.zeros((N, T), jnp.float32), ("batch", None)),
+            jnp.zeros((N,), jnp.int32))
+    done_N = rows_N >= real_rows
+    stopped_N = jnp.zeros((N,), bool)
+    state_N = jnp.zeros((N,), jnp.int32)
+    t = jnp.zeros((), jnp.int32)
+    tok_N, done_N, stopped_N, state_N, bufs = sample(t, logits_NxV, done_N, stopped_N, state_N, bufs)
+
+    def cond(carry):
+        t, _, _, done_N, *_ = carry
+        return (t < limit) & ~jnp.all(done_N)
+
+    def body(carry):
+        t, tok_N, cache, done_N, stopped_N, state_N, bufs = carry
+        positions_Nx1 = (next_pos_N + t - 1)[:, None]
+        valid_Nx1 = jnp.ones((N, 1), bool)
+        h_Nx1xD, cache = decode.forward(cfg, sp, tok_N[:, None], positions_Nx1, valid_Nx1, cache)
+        cache = static.constrain(cache, cache_axes)
+        logits_NxV = static.constrain(decode.logits(cfg, sp, h_Nx1xD)[:, 0], ("batch", "vocab"))
+        tok_N, done_N, stopped_N, state_N, bufs = sample(t, logits_NxV, done_N, stopped_N,
+                                                         state_N, bufs)
+        return t + 1, tok_N, cache, done_N, stopped_N, state_N, bufs
+
+    carry = (t + 1, tok_N, cache, done_N, stopped_N, state_N, bufs)
+    t, _, _, _, stopped_N, _, (tokens, logp, slogp, lengths) = jax.lax.while_loop(cond, body, carry)
+    return LoopOut(tokens, logp, slogp, lengths, stopped_N, t)

@@ -1,0 +1,254 @@
+"""The Sampler: sampling-layout parameters, size planning, compiled-loop cache, and generate()."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from flax import nnx
+
+from rlcot.models.config import ModelConfig
+from rlcot.sampling import decode, loop
+from rlcot.sampling.outputs import SampleOutput, completion_texts
+from rlcot.sampling.spec import SamplingSpec, bucket
+from rlcot.sampling.stop import stop_string_table, vocab_bytes
+from rlcot.sharding import SAMPLE_RULES, logical_to_spec
+
+log = logging.getLogger(__name__)
+_GiB = 1 << 30
+
+
+class CacheTooLargeError(ValueError):
+    """A sampling request whose KV cache (and working memory) exceeds the memory budget."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplePlan:
+    """Sizes of one request, known before anything is compiled or allocated."""
+    prompts: int
+    num_samples: int
+    batch_rows: int          # prompts padded to a bucket and to the batch shards
+    rows: int                # batch_rows * num_samples
+    prompt_len: int          # P (bucketed)
+    gen_len: int             # T (bucketed; the loop stops at max_new_tokens)
+    cache_dtype: str
+    cache_bytes: int
+    cache_bytes_per_device: int
+    work_bytes_per_device: int
+    budget_bytes_per_device: int | None
+    budget_source: str
+
+    @property
+    def cache_len(self) -> int:
+        return self.prompt_len + self.gen_len
+
+    @property
+    def fits(self) -> bool:
+        need = self.cache_bytes_per_device + self.work_bytes_per_device
+        return self.budget_bytes_per_device is None or need <= self.budget_bytes_per_device
+
+    def summary(self) -> str:
+        return (f"{self.prompts} prompts x {self.num_samples} samples -> {self.rows} rows x "
+                f"{self.cache_len} slots (prompt {self.prompt_len} + {self.gen_len} new), "
+                f"KV cache {self.cache_bytes / _GiB:.3f} GiB ({self.cache_dtype}), "
+                f"{self.cache_bytes_per_device / _GiB:.3f} GiB/device + "
+                f"{self.work_bytes_per_device / _GiB:.3f} GiB/device workspace")
+
+
+def _shards(mesh: Mesh | None, axes: tuple, rules: Mapping[str, Any], shape: tuple) -> int:
+    if mesh is None:
+        return 1
+    spec = logical_to_spec(axes, rules, shape, mesh)
+    used = [a for p in spec if p is not None for a in ((p,) if isinstance(p, str) else p)]
+    return math.prod(mesh.shape[a] for a in used)
+
+
+def _device_budget(devices: list[jax.Device], override: int | None) -> tuple[int | None, str]:
+    if override is not None:
+        return int(override), "configured budget"
+    stats = None
+    try:
+        stats = devices[0].memory_stats()
+    except Exception:  # noqa: BLE001  (backends without memory stats raise or return None)
+        stats = None
+    if stats and "bytes_limit" in stats:
+        free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return free, (f"device memory stats: {stats['bytes_limit'] / _GiB:.2f} GiB limit, "
+                      f"{stats.get('bytes_in_use', 0) / _GiB:.2f} GiB in use")
+    try:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None, "no memory information"
+    local = max(1, sum(d.process_index == jax.process_index() for d in devices))
+    return host // 2 // local, f"half of host RAM ({host / _GiB:.1f} GiB) over {local} device(s)"
+
+
+class Sampler:
+    """Batched sampling for RL rollouts and evaluation.
+
+        sampler = Sampler(cfg, params, tokenizer=tok, mesh=mesh)
+        out = sampler.generate(prompts_BxP, lens_B, rng, num_samples=G, spec=SamplingSpec(...))
+        batch = trainer_batch(out); texts = sampler.texts(out, spec)
+
+    After each training step call `update_params(params)` to reshard the new weights into the
+    sampling layout.
+    """
+
+    def __init__(self, cfg: ModelConfig, params: nnx.State, *, tokenizer: Any = None,
+                 mesh: Mesh | None = None, rules: Mapping[str, Any] | None = None,
+                 pad_id: int | None = None, memory_budget_bytes: int | None = None):
+        self.cfg = cfg
+        self.mesh = mesh
+        self.rules = dict(SAMPLE_RULES if rules is None else rules)
+        self.tokenizer = tokenizer
+        self.pad_id = int(pad_id if pad_id is not None else
+                          (tokenizer.pad_id if tokenizer is not None else 0))
+        self.memory_budget_bytes = memory_budget_bytes
+        self.params = decode.to_sampling_params(cfg, params, mesh, self.rules)
+        self._vocab_bytes: list[bytes] | None = None
+        self._tables: dict[tuple[str, ...], np.ndarray] = {}
+        self._compiled: dict[Any, Any] = {}
+
+    def update_params(self, params: nnx.State) -> None:
+        self.params = decode.to_sampling_params(self.cfg, params, self.mesh, self.rules)
+
+    # -- sizes ---------------------------------------------------------------------------------
+
+    def _batch_shards(self) -> int:
+        size = 1 if self.mesh is None else self.mesh.devices.size
+        return _shards(self.mesh, ("batch",), self.rules, (size,))
+
+    def plan(self, num_prompts: int, prompt_len: int, num_samples: int,
+             spec: SamplingSpec) -> SamplePlan:
+        """Bucketed sizes and the memory they need; raises nothing (see `check`)."""
+        if num_prompts < 1 or prompt_len < 1 or num_samples < 1:
+            raise ValueError(f"need >= 1 prompts, prompt tokens and samples; got "
+                             f"{num_prompts}, {prompt_len}, {num_samples}")
+        cfg = self.cfg
+        shards = self._batch_shards()
+        batch_rows = -(-bucket(num_prompts) // shards) * shards
+        rows = batch_rows * num_samples
+        P, T = bucket(prompt_len, 16), bucket(spec.max_new_tokens, 16)
+        dtype = jnp.dtype(spec.cache_dtype or cfg.dtype)
+        total = decode.decode_cache_bytes(cfg, rows, P + T, dtype)
+        shapes = decode.cache_shapes(cfg, rows, P + T, dtype)
+        axes = decode.cache_logical_axes(cfg)
+        per_device = sum(
+            math.prod(s.shape) * s.dtype.itemsize // _shards(self.mesh, a, self.rules, s.shape)
+            for s, a in zip(jax.tree.leaves(shapes), jax.tree.leaves(
+                axes, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(n, str) for n in x))))
+        act = jnp.dtype(cfg.dtype).itemsize
+        prefill = batch_rows * P * (2 * cfg.n_heads * (P + T) * 4 + 3 * cfg.mlp_dim * act)
+        step = rows * cfg.vocab_size * 4 * 4 + rows * T * 12
+        work = max(prefill // shards, step // shards)
+        budget, source = _device_budget(list(self.mesh.devices.flat) if self.mesh is not None
+                                        else jax.devices()[:1], self.memory_budget_bytes)
+        return SamplePlan(num_prompts, num_samples, batch_rows, rows, P, T, dtype.name, total,
+                          per_device, work, budget, source)
+
+    def check(self, plan: SamplePlan) -> None:
+        if plan.fits:
+            return
+        cfg = self.cfg
+        raise CacheTooLargeError(
+            f"sampling request does not fit in memory: {plan.prompts} prompts x "
+            f"{plan.num_samples} samples = {plan.rows} rows x {plan.cache_len} cache slots "
+            f"(prompt {plan.prompt_len} + {plan.gen_len} new tokens), {cfg.n_layers} layers x "
+            f"{cfg.n_kv_heads} KV heads x {cfg.head_dim} dims in {plan.cache_dtype}: KV cache "
+            f"{plan.cache_bytes_per_device / _GiB:.2f} GiB per device "
+            f"(+ {plan.work_bytes_per_device / _GiB:.2f} GiB workspace) > budget "
+            f"{plan.budget_bytes_per_device / _GiB:.2f} GiB per device ({plan.budget_source}). "
+            f"Reduce prompts per call, num_samples, max_new_tokens or prompt length, use "
+            f"cache_dtype='bfloat16', shard the batch over more devices (data/fsdp), or raise "
+            f"memory_budget_bytes.")
+
+    # -- stop strings --------------------------------------------------------------------------
+
+    def stop_table(self, stop_strings: tuple[str, ...]) -> np.ndarray:
+        if not stop_strings:
+            return np.zeros((1, self.cfg.vocab_size), np.int16)
+        if stop_strings not in self._tables:
+            if self.tokenizer is None:
+                raise ValueError(f"stop_strings {stop_strings} need a tokenizer (token bytes); "
+                                 "pass tokenizer= to the Sampler")
+            if self._vocab_bytes is None:
+                tok = self.tokenizer
+                self._vocab_bytes = vocab_bytes(tok.token_bytes, tok.num_pieces,
+                                                self.cfg.vocab_size)
+            self._tables[stop_strings] = stop_string_table(self._vocab_bytes, stop_strings)
+        return self._tables[stop_strings]
+
+    # -- generate ------------------------------------------------------------------------------
+
+    def _put(self, x: Any, axes: tuple) -> jax.Array:
+        if self.mesh is None:
+            return jnp.asarray(x)
+        spec = logical_to_spec(axes, self.rules, np.shape(x), self.mesh) if axes else PartitionSpec()
+        return jax.device_put(x, NamedSharding(self.mesh, spec))
+
+    def generate(self, prompt_tokens_BxP: Any, prompt_lens_B: Any, rng: jax.Array,
+                 num_samples: int = 1, spec: SamplingSpec = SamplingSpec()) -> SampleOutput:
+        """G samples for each left-padded prompt; see SampleOutput for what comes back."""
+        prompts = np.asarray(prompt_tokens_BxP, np.int32)
+        lens = np.asarray(prompt_lens_B, np.int32)
+        if prompts.ndim != 2 or lens.shape != (prompts.shape[0],):
+            raise ValueError(f"expected prompt_tokens [B, P] and prompt_lens [B]; got shapes "
+                             f"{prompts.shape} and {lens.shape}")
+        B, P0 = prompts.shape
+        if lens.min() < 1 or lens.max() > P0:
+            raise ValueError(f"prompt lengths must be in [1, {P0}], got {lens.min()}..{lens.max()}")
+        if lens.max() + spec.max_new_tokens > self.cfg.max_position:
+            raise ValueError(f"longest prompt ({lens.max()}) + max_new_tokens "
+                             f"({spec.max_new_tokens}) exceeds the model's max_position "
+                             f"{self.cfg.max_position}")
+        bad = [i for i in spec.stop_ids if i >= self.cfg.vocab_size]
+        if bad:
+            raise ValueError(f"stop_ids {bad} are outside the vocabulary ({self.cfg.vocab_size})")
+        plan = self.plan(B, P0, num_samples, spec)
+        self.check(plan)
+        P, T = plan.prompt_len, plan.gen_len
+        padded = np.full((plan.batch_rows, P), self.pad_id, np.int32)
+        padded[:B, P - P0:] = prompts
+        padded_lens = np.ones((plan.batch_rows,), np.int32)  # padding rows: one pad token
+        padded_lens[:B] = lens
+        table = self.stop_table(spec.stop_strings)
+
+        static = loop.LoopStatic(self.cfg, spec.compiled(T), num_samples, self.pad_id,
+                                 self.mesh, tuple(sorted(self.rules.items())))
+        args = (self.params, self._put(padded, ("batch", None)), self._put(padded_lens, ("batch",)),
+                self._put(rng, ()), self._put(table, ()),
+                self._put(np.int32(spec.max_new_tokens), ()),
+                self._put(np.int32(B * num_samples), ()))
+        key = (static, padded.shape, table.shape, table.dtype.name)
+        compile_s = 0.0
+        if key not in self._compiled:
+            t0 = time.perf_counter()
+            self._compiled[key] = jax.jit(loop.run, static_argnums=0).lower(static, *args).compile()
+            compile_s = time.perf_counter() - t0
+            log.info("compiled sampling loop in %.1fs: %s", compile_s, plan.summary())
+        res = self._compiled[key](*args)
+
+        n, t = B * num_samples, spec.max_new_tokens
+        lengths = res.lengths_N[:n]
+        return SampleOutput(
+            tokens_NxT=res.tokens_NxT[:n, :t], mask_NxT=jnp.arange(t)[None, :] < lengths[:, None],
+            lengths_N=lengths, truncated_N=~res.stopped_N[:n], logp_NxT=res.logp_NxT[:n, :t],
+            sample_logp_NxT=res.sample_logp_NxT[:n, :t],
+            prompt_tokens_BxP=jnp.asarray(padded[:B]), prompt_lens_B=jnp.asarray(lens),
+            num_samples=num_samples,
+            stats={"plan": plan, "steps": res.steps, "compile_s": compile_s})
+
+    def texts(self, out: SampleOutput, spec: SamplingSpec | None = None,
+              include_stop_str: bool = True) -> list[str]:
+        if self.tokenizer is None:
+            raise ValueError("texts() needs a tokenizer; pass tokenizer= to the Sampler")
+        stops = spec.stop_strings if spec is not None else ()
+        return completion_texts(self.tokenizer, out, stops, include_stop_str)
