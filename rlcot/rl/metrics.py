@@ -76,6 +76,19 @@ def accumulate_metrics(acc: Mapping[str, jax.Array],
     return out
 
 
+def reduce_metrics(stacked: Mapping[str, jax.Array], axis: int = 0) -> dict[str, jax.Array]:
+    """`accumulate_metrics` over a stacked axis (e.g. the micro-batches of a `lax.scan`)."""
+    out = {}
+    for k, v in stacked.items():
+        if k.endswith("_min"):
+            out[k] = jnp.min(v, axis=axis)
+        elif k.endswith("_max"):
+            out[k] = jnp.max(v, axis=axis)
+        else:
+            out[k] = jnp.sum(v, axis=axis)
+    return out
+
+
 def finalize_metrics(acc: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """Second moments -> std (biased); extremes over no valid token (still +-inf) -> nan."""
     out = {}

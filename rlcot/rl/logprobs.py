@@ -1,0 +1,102 @@
+"""Per-token log-probs and entropies from the transformer, chunked over the sequence.
+
+Alignment (the same for every per-token array of the update batch): `logp_NxL[:, t]` is
+log pi(tokens[:, t] | tokens[:, :t]), computed from the hidden state at t - 1; it is 0 where
+token t or token t - 1 is not valid (padding, or the first token of a row, which has no
+context). Logits are made chunk by chunk from the final hidden states, and the chunk function is
+rematerialised, so neither pass keeps [N, L, V] float32 logits alive: peak logits memory is
+[N, chunk, V].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from rlcot.rl.losses import entropy_from_logits
+from rlcot.sharding import TRAIN_RULES, logical_to_spec, state_shardings
+
+
+def _chunk_stats(logits_fn: Callable[[jax.Array], jax.Array], h_NxCxD: jax.Array,
+                 targets_NxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits_NxCxV = logits_fn(h_NxCxD).astype(jnp.float32)
+    lse_NxC = jax.nn.logsumexp(logits_NxCxV, axis=-1)
+    # Select the target logit with a compare-and-sum (not a gather): it stays a local reduction
+    # when the vocabulary axis is sharded over devices.
+    vocab_V = jnp.arange(logits_NxCxV.shape[-1], dtype=targets_NxC.dtype)
+    hit_NxCxV = vocab_V == targets_NxC[..., None]
+    target_NxC = jnp.sum(jnp.where(hit_NxCxV, logits_NxCxV, 0.0), axis=-1)
+    return target_NxC - lse_NxC, entropy_from_logits(logits_NxCxV)
+
+
+def logprobs_from_hidden(logits_fn: Callable[[jax.Array], jax.Array], h_NxLxD: jax.Array,
+                         tokens_NxL: jax.Array, valid_NxL: jax.Array, *,
+                         chunk: int) -> tuple[jax.Array, jax.Array]:
+    """(logp_NxL, entropy_NxL) aligned as in the module docstring, from final hidden states."""
+    N, L, D = h_NxLxD.shape
+    if chunk < 1:
+        raise ValueError(f"logprob chunk must be >= 1, got {chunk}")
+    T = L - 1                      # predictions: hidden t -> token t + 1
+    chunk = min(chunk, max(T, 1))
+    n_chunks = -(-T // chunk)
+    pad = n_chunks * chunk - T
+    h_NxTxD = jnp.pad(h_NxLxD[:, :-1], ((0, 0), (0, pad), (0, 0)))
+    tgt_NxT = jnp.pad(tokens_NxL[:, 1:].astype(jnp.int32), ((0, 0), (0, pad)))
+    h_KxNxCxD = h_NxTxD.reshape(N, n_chunks, chunk, D).swapaxes(0, 1)
+    tgt_KxNxC = tgt_NxT.reshape(N, n_chunks, chunk).swapaxes(0, 1)
+
+    # Rematerialised: the backward pass recomputes a chunk's logits instead of storing them.
+    stats = jax.checkpoint(lambda h, t: _chunk_stats(logits_fn, h, t), prevent_cse=False)
+    _, (logp_KxNxC, ent_KxNxC) = jax.lax.scan(lambda c, xs: (c, stats(*xs)), None,
+                                              (h_KxNxCxD, tgt_KxNxC))
+    logp_NxT = logp_KxNxC.swapaxes(0, 1).reshape(N, -1)[:, :T]
+    ent_NxT = ent_KxNxC.swapaxes(0, 1).reshape(N, -1)[:, :T]
+    zeros_Nx1 = jnp.zeros((N, 1), jnp.float32)
+    defined_NxL = jnp.concatenate([zeros_Nx1 > 0, valid_NxL[:, 1:] & valid_NxL[:, :-1]], axis=1)
+    logp_NxL = jnp.where(defined_NxL, jnp.concatenate([zeros_Nx1, logp_NxT], axis=1), 0.0)
+    ent_NxL = jnp.where(defined_NxL, jnp.concatenate([zeros_Nx1, ent_NxT], axis=1), 0.0)
+    return logp_NxL, ent_NxL
+
+
+def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_NxL: jax.Array,
+                   positions_NxL: jax.Array, valid_NxL: jax.Array, *, chunk: int = 512,
+                   remat: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(logp_NxL, entropy_NxL) of the policy; see the module docstring for the alignment.
+    remat: rematerialise each decoder layer in the backward pass (activation memory)."""
+    if tokens_NxL.ndim != 2 or tokens_NxL.shape[1] < 2:
+        raise ValueError(f"tokens must be [N, L] with L >= 2, got shape {tokens_NxL.shape}")
+    valid_NxL = valid_NxL.astype(bool)
+    model = nnx.merge(graphdef, params)
+    h_NxLxD, _ = model.hidden(tokens_NxL, positions_NxL, valid_NxL, remat=remat)
+    return logprobs_from_hidden(model.logits, h_NxLxD, tokens_NxL, valid_NxL, chunk=chunk)
+
+
+def batch_sharding(mesh: Mesh, rules: Any = TRAIN_RULES) -> NamedSharding:
+    """Rows over the batch mesh axes ((data, fsdp) in training), everything else replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",), rules))
+
+
+def sharded_forward(fn: Callable, params_like: Any, mesh: Mesh | None,
+                    rules: Any = TRAIN_RULES) -> Callable:
+    """`jax.jit(fn)` for `fn(params, *per_row_arrays) -> per_row_arrays`, with parameters in
+    their training shardings and rows over the batch axes (no mesh: plain jit)."""
+    if mesh is None:
+        return jax.jit(fn)
+    params_sh = state_shardings(params_like, mesh, rules)
+    rows = batch_sharding(mesh, rules)
+    return jax.jit(fn, in_shardings=(params_sh, rows, rows, rows), out_shardings=rows)
+
+
+def make_logprob_fn(graphdef: nnx.GraphDef, params_like: Any, *, mesh: Mesh | None = None,
+                    rules: Any = TRAIN_RULES, chunk: int = 512) -> Callable:
+    """Jitted `(params, tokens_NxL, positions_NxL, valid_NxL) -> logp_NxL` for the old-policy
+    and reference log-probs, in the update step's layout. params_like: the parameters (or
+    their abstract state) the function will be called with; N must divide by the batch shards."""
+    def fn(params, tokens_NxL, positions_NxL, valid_NxL):
+        return token_logprobs(graphdef, params, tokens_NxL, positions_NxL, valid_NxL,
+                              chunk=chunk)[0]
+    return sharded_forward(fn, params_like, mesh, rules)

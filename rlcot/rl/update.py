@@ -1,0 +1,287 @@
+"""The update step: epochs x minibatches x micro-batches of the RL objective in one jitted call.
+
+`make_update_step` returns `update(state, batch, rng) -> (state, metrics)`, jitted once with
+explicit shardings (parameters and optimizer state by the training rules, rows over the batch
+mesh axes) and the state donated. Inside, `lax.scan` runs the epochs; each epoch draws a row
+permutation from its key (`minibatch_order`) and scans over the minibatches; each minibatch
+computes its aggregation weights from its whole mask, then scans over micro-batches summing
+gradients (`minibatch_grads`), so accumulation gives the full-minibatch gradient exactly in
+every aggregation mode. A minibatch whose loss or gradient is not finite is skipped: parameters
+and optimizer state stay as they were and the counters in the state record it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlcot.rl.aggregation import aggregate, aggregation_weights, mask_truncated, token_mean_weights
+from rlcot.rl.batch import UpdateBatch
+from rlcot.rl.logprobs import batch_sharding, token_logprobs
+from rlcot.rl.losses import value_loss
+from rlcot.rl.metrics import finalize_metrics, reduce_metrics, token_metrics
+from rlcot.rl.objective import loss_terms, split_aux, token_objective
+from rlcot.rl.optim import make_optimizer, make_schedule
+from rlcot.rl.state import TrainState, UpdateConfig, train_state_shardings
+from rlcot.rl.value import value_forward
+from rlcot.sharding import TRAIN_RULES, logical_to_spec, state_shardings
+
+_PER_TOKEN = ("adv", "logp_old", "logp_ref", "logp_sampler", "values_old", "returns")
+
+
+def _row_axes(mesh: Mesh, rules: Any) -> Any:
+    return logical_to_spec(("batch",), rules, mesh=mesh)[0]
+
+
+def _row_shards(mesh: Mesh | None, rules: Any) -> int:
+    if mesh is None:
+        return 1
+    axes = _row_axes(mesh, rules)
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def _constrain_rows(x: jax.Array, row_axis: int, mesh: Mesh | None, rules: Any) -> jax.Array:
+    if mesh is None:
+        return x
+    spec = [None] * x.ndim
+    spec[row_axis] = _row_axes(mesh, rules)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def minibatch_order(key: jax.Array, n_rows: int, minibatches: int, shuffle: bool) -> jax.Array:
+    """[M, S] row indices of each minibatch in one epoch: a permutation drawn from `key`, or
+    rows in order without shuffling. The update step uses `jax.random.split(rng, epochs)[e]`
+    as the key of epoch e."""
+    rows_N = jax.random.permutation(key, n_rows) if shuffle else jnp.arange(n_rows)
+    return rows_N.reshape(minibatches, n_rows // minibatches)
+
+
+def split_micro(x: jax.Array, micro_batches: int) -> jax.Array:
+    """[S, ...] -> [K, S / K, ...]; micro-batch k holds rows k, k + K, k + 2K, ... A strided
+    split keeps every micro-batch spread over all batch shards (no data movement)."""
+    S = x.shape[0]
+    return x.reshape(S // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1)
+
+
+def _policy_loss(graphdef, cfg: UpdateConfig, params, x: dict, kl_coef):
+    logp, ent = token_logprobs(graphdef, params, x["tokens"], x["positions"], x["valid"],
+                               chunk=cfg.logprob_chunk, remat=cfg.remat)
+    loss_BxT, aux = token_objective(cfg.objective, logp, x["logp_old"], x["adv"], x["mask"],
+                                    kl_coef=kl_coef, logp_ref_BxT=x.get("logp_ref"),
+                                    entropy_BxT=ent, logp_sampler_BxT=x.get("logp_sampler"))
+    terms, diag = split_aux(aux)
+    metrics = token_metrics(diag, x["w_metric"], x["mask"])
+    metrics.update(loss_terms(terms, x["w"]))
+    return aggregate(loss_BxT, x["w"]), metrics
+
+
+def _critic_loss(graphdef, cfg: UpdateConfig, params, x: dict):
+    values = value_forward(graphdef, params, x["tokens"], x["positions"], x["valid"],
+                           remat=cfg.remat)
+    loss_BxT, aux = value_loss(values, x["values_old"], x["returns"], x["mask"],
+                               clip_eps=cfg.value.clip_eps)
+    aux["value"] = values * x["mask"]
+    loss = aggregate(loss_BxT, x["w_value"])
+    return loss, {**token_metrics(aux, x["w_metric"], x["mask"]), "value_loss": loss}
+
+
+def _zeros_f32(params, mesh, rules):
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    if mesh is None:
+        return zeros
+    return jax.lax.with_sharding_constraint(zeros, state_shardings(params, mesh, rules))
+
+
+def minibatch_grads(graphdef: nnx.GraphDef, cfg: UpdateConfig, params: Any, mb: dict,
+                    kl_coef: jax.Array, *, critic_graphdef: nnx.GraphDef | None = None,
+                    critic_params: Any = None, mesh: Mesh | None = None,
+                    rules: Any = TRAIN_RULES) -> tuple[Any, Any, jax.Array, dict]:
+    """Gradients of one minibatch, accumulated over `cfg.micro_batches` in float32.
+
+    mb: [S, L] arrays `tokens, positions, valid, mask, adv, logp_old` (+ `logp_ref,
+    logp_sampler` when the objective uses them, `values_old, returns` with a critic) and the
+    weights `w` (loss aggregation), `w_metric` (token mean) [, `w_value`], all computed over
+    the whole minibatch. Returns (grads, critic_grads or None, loss, finalized metrics).
+    """
+    micro = {k: _constrain_rows(split_micro(v, cfg.micro_batches), 1, mesh, rules)
+             for k, v in mb.items()}
+    policy_vg = jax.value_and_grad(functools.partial(_policy_loss, graphdef, cfg), has_aux=True)
+    critic_vg = None
+    if critic_params is not None:
+        critic_vg = jax.value_and_grad(functools.partial(_critic_loss, critic_graphdef, cfg),
+                                       has_aux=True)
+
+    def body(acc, x):
+        g_acc, cg_acc = acc
+        (loss, metrics), g = policy_vg(params, x, kl_coef)
+        g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+        if critic_vg is not None:
+            (_, critic_metrics), cg = critic_vg(critic_params, x)
+            cg_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), cg_acc, cg)
+            metrics.update(critic_metrics)
+        return (g_acc, cg_acc), (loss, metrics)
+
+    init = (_zeros_f32(params, mesh, rules),
+            None if critic_params is None else _zeros_f32(critic_params, mesh, rules))
+    (grads, critic_grads), (loss_K, metrics_K) = jax.lax.scan(body, init, micro)
+    metrics = finalize_metrics(reduce_metrics(metrics_K))
+    return grads, critic_grads, loss_K.sum(), metrics
+
+
+def _apply(tx, grads, opt_state, params):
+    updates, new_opt = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_opt
+
+
+def _keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def _summarize(metrics_ExM: dict, applied_ExM: jax.Array) -> dict:
+    """Over all optimizer steps of the update: means (of applied steps only, unless none was
+    applied), extremes of `_min`/`_max`, sums of counts."""
+    ok = applied_ExM.astype(jnp.float32)
+    n_ok = ok.sum()
+    out = {}
+    for k, v in metrics_ExM.items():
+        if k.endswith("_min"):
+            out[k] = jnp.where(n_ok > 0, jnp.min(jnp.where(ok > 0, v, jnp.inf)), jnp.min(v))
+        elif k.endswith("_max"):
+            out[k] = jnp.where(n_ok > 0, jnp.max(jnp.where(ok > 0, v, -jnp.inf)), jnp.max(v))
+        else:
+            out[k] = jnp.where(n_ok > 0, jnp.sum(jnp.where(ok > 0, v, 0.0)) / n_ok, jnp.mean(v))
+    out["grad_norm_max"] = jnp.max(metrics_ExM["grad_norm"])
+    return out
+
+
+def _prepare(cfg: UpdateConfig, batch: UpdateBatch, critic: bool) -> dict:
+    """Row arrays the step scans over; per-token inputs are zeroed off the loss mask so that
+    garbage on padding (nan included) cannot reach a value or a gradient."""
+    mask = batch.loss_mask_NxL.astype(jnp.float32)
+    if cfg.objective.aggregation.mask_truncated:
+        if batch.truncated_N is None:
+            raise ValueError("aggregation.mask_truncated is set but the batch has no truncated_N")
+        mask = mask_truncated(mask, batch.truncated_N)
+    data = {"tokens": batch.tokens_NxL, "positions": batch.positions_NxL,
+            "valid": batch.valid_NxL.astype(bool), "mask": mask, "adv": batch.adv_NxL,
+            "logp_old": batch.logp_old_NxL, "logp_ref": batch.logp_ref_NxL,
+            "logp_sampler": batch.logp_sampler_NxL, "values_old": batch.values_old_NxL,
+            "returns": batch.returns_NxL}
+    obj = cfg.objective
+    needed = {"logp_ref": obj.kl.placement == "loss", "logp_sampler": obj.tis_cap is not None,
+              "values_old": critic, "returns": critic}
+    for name, need in needed.items():
+        if need and data[name] is None:
+            raise ValueError(f"the update config needs batch field {name}_NxL, which is None")
+    if not critic:
+        data["values_old"] = data["returns"] = None
+    if obj.tis_cap is None:
+        data["logp_sampler"] = None
+    for name in _PER_TOKEN:
+        if data[name] is not None:
+            data[name] = jnp.where(mask > 0, data[name].astype(jnp.float32), 0.0)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _observed_kl(cfg: UpdateConfig, data: dict) -> jax.Array:
+    """Mean over rows of the summed per-token KL of the sampling policy to the reference (the
+    quantity Ziegler et al.'s adaptive controller tracks); nan without reference log-probs."""
+    if "logp_ref" not in data:
+        return jnp.float32(jnp.nan)
+    m = data["mask"]
+    kl_N = (cfg.objective.kl.estimate(data["logp_old"], data["logp_ref"]) * m).sum(-1)
+    rows = (m.sum(-1) > 0).astype(jnp.float32)
+    return (kl_N * rows).sum() / jnp.maximum(rows.sum(), 1.0)
+
+
+def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: TrainState,
+            batch: UpdateBatch, rng: jax.Array) -> tuple[TrainState, dict]:
+    N, L = batch.tokens_NxL.shape
+    cfg.check_rows(N, _row_shards(mesh, rules))
+    critic = state.critic_params is not None
+    if critic != (cfg.value is not None):
+        raise ValueError("the train state's critic does not match UpdateConfig.value")
+    data = _prepare(cfg, batch, critic)
+    tx, schedule = make_optimizer(cfg.optimizer), make_schedule(cfg.optimizer)
+    ctx = make_optimizer(cfg.value.optimizer) if critic else None
+
+    def minibatch_step(carry, mb):
+        params, opt_state, cparams, copt_state, opt_step, streak, total = carry
+        mask = mb["mask"]
+        mb = dict(mb, w=cfg.objective.aggregation.weights(mask), w_metric=token_mean_weights(mask))
+        if critic:
+            mb["w_value"] = aggregation_weights(mask, cfg.value.aggregation)
+        grads, cgrads, loss, metrics = minibatch_grads(
+            graphdef, cfg, params, mb, state.kl_coef, critic_graphdef=critic_graphdef,
+            critic_params=cparams, mesh=mesh, rules=rules)
+        metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(opt_step))
+        ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+        new = _apply(tx, grads, opt_state, params)
+        if critic:
+            metrics["critic_grad_norm"] = optax.tree.norm(cgrads)
+            ok &= jnp.isfinite(metrics["value_loss"]) & jnp.isfinite(metrics["critic_grad_norm"])
+            cparams, copt_state = _keep_if(ok, _apply(ctx, cgrads, copt_state, cparams),
+                                           (cparams, copt_state))
+        params, opt_state = _keep_if(ok, new, (params, opt_state))
+        metrics["skipped"] = (~ok).astype(jnp.float32)
+        carry = (params, opt_state, cparams, copt_state, opt_step + ok,
+                 jnp.where(ok, 0, streak + 1), total + (~ok))
+        return carry, (metrics, ok)
+
+    def epoch(carry, key):
+        order_MxS = minibatch_order(key, N, cfg.minibatches, cfg.shuffle)
+        mbs = {k: _constrain_rows(v[order_MxS], 1, mesh, rules) for k, v in data.items()}
+        return jax.lax.scan(minibatch_step, carry, mbs)
+
+    carry = (state.params, state.opt_state, state.critic_params, state.critic_opt_state,
+             state.opt_step, state.nonfinite_streak, state.nonfinite_total)
+    carry, (metrics_ExM, ok_ExM) = jax.lax.scan(epoch, carry, jax.random.split(rng, cfg.epochs))
+    params, opt_state, cparams, copt_state, opt_step, streak, total = carry
+
+    metrics = _summarize(metrics_ExM, ok_ExM)
+    metrics["skipped"] = jnp.sum(~ok_ExM).astype(jnp.float32)
+    observed_kl = _observed_kl(cfg, data)
+    kl_coef = state.kl_coef
+    if cfg.objective.kl.controller == "adaptive":
+        new_coef = cfg.objective.kl.update_coef(kl_coef, observed_kl, N)
+        kl_coef = jnp.where(jnp.isfinite(new_coef), new_coef, kl_coef)
+    metrics.update(kl_coef=kl_coef, rollout_kl=observed_kl, opt_steps=jnp.sum(ok_ExM),
+                   nonfinite_streak=streak, nonfinite_total=total,
+                   tokens=jnp.float32(cfg.epochs * N * L),
+                   loss_tokens=cfg.epochs * data["mask"].sum())
+    new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1,
+                           opt_step=opt_step, kl_coef=kl_coef, nonfinite_streak=streak,
+                           nonfinite_total=total, ref_params=state.ref_params,
+                           critic_params=cparams, critic_opt_state=copt_state)
+    return new_state, metrics
+
+
+def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: TrainState, *,
+                     mesh: Mesh | None = None, rules: Any = TRAIN_RULES,
+                     critic_graphdef: nnx.GraphDef | None = None) -> Callable:
+    """Jitted `update(state, batch, rng) -> (state, metrics)`; the state is donated.
+
+    state_like: the state (or its abstract version) the step will see, for its shardings.
+    Metrics (replicated scalars; means over the applied optimizer steps): loss, pg_loss,
+    kl_loss, entropy_loss (aggregated loss terms), kl_ref_mean, entropy_mean, approx_kl_mean,
+    ratio_mean/min/max, clipped_low/high/dual_frac, adv_mean/std/min/max, tis_* (with TIS),
+    grad_norm (before clipping) and grad_norm_max, lr, value_loss, value_mean,
+    vf_clipped_frac, critic_grad_norm (with a critic); per update: skipped, opt_steps,
+    nonfinite_streak, nonfinite_total, kl_coef (after the controller), rollout_kl, tokens
+    (positions processed, epochs x N x L) and loss_tokens.
+    """
+    fn = functools.partial(_update, graphdef, critic_graphdef, cfg, mesh, rules)
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=0)
+    state_sh = train_state_shardings(state_like, mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(fn, in_shardings=(state_sh, batch_sharding(mesh, rules), replicated),
+                   out_shardings=(state_sh, replicated), donate_argnums=0)
