@@ -32,12 +32,16 @@ class LoopStatic:
         if self.mesh is None:
             return x
         rules = dict(self.rules)
-        is_axes = lambda a: isinstance(a, tuple) and all(isinstance(n, (str, type(None))) for n in a)  # noqa: E731
 
         def one(a, arr):
             spec = logical_to_spec(a, rules, arr.shape, self.mesh) if a else PartitionSpec()
             return jax.lax.with_sharding_constraint(arr, NamedSharding(self.mesh, spec))
         return jax.tree.map(one, axes, x, is_leaf=is_axes)
+
+
+def is_axes(x: Any) -> bool:
+    """A tuple of logical axis names (a leaf of an axes pytree)."""
+    return isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x)
 
 
 @jax.tree_util.register_dataclass
@@ -57,6 +61,17 @@ def _row_uniforms(row_keys_N: jax.Array, step: jax.Array) -> jax.Array:
     return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(row_keys_N)
 
 
+def _share_and_extend(cache: decode.DecodeCache, G: int, T: int) -> decode.DecodeCache:
+    """Repeats each row G times (prompt-major) and appends T empty slots."""
+    def grow(a: jax.Array, slot_axis: int, empty: int) -> jax.Array:
+        a = jnp.repeat(a, G, axis=0) if G > 1 else a
+        widths = [(0, T if i == slot_axis else 0) for i in range(a.ndim)]
+        return jnp.pad(a, widths, constant_values=empty)
+    return decode.DecodeCache(tuple(grow(k, 3, 0) for k in cache.k_BxKxHxS),
+                              tuple(grow(v, 2, 0) for v in cache.v_BxKxSxH),
+                              grow(cache.pos_BxS, 1, -1), cache.index)
+
+
 def run(static: LoopStatic, sp: decode.SamplingParams, prompt_BxP: jax.Array,
         prompt_len_B: jax.Array, rng: jax.Array, stop_table: jax.Array, limit: jax.Array,
         real_rows: jax.Array) -> LoopOut:
@@ -72,17 +87,15 @@ def run(static: LoopStatic, sp: decode.SamplingParams, prompt_BxP: jax.Array,
     cache_dtype = jnp.dtype(spec.cache_dtype or cfg.dtype)
     cache_axes = decode.cache_logical_axes(cfg)
 
-    # Prefill once per prompt, then share its KV among the prompt's G rows.
+    # Prefill once per prompt into a prompt-sized cache (attention over P slots, not P + T),
+    # then give each of the prompt's G rows a copy, extended with T empty slots.
     valid_BxP = jnp.arange(P)[None, :] >= (P - prompt_len_B)[:, None]
     positions_BxP = positions_from_mask(valid_BxP)
-    cache = static.constrain(decode.init_cache(cfg, B, P + T, cache_dtype), cache_axes)
+    cache = static.constrain(decode.init_cache(cfg, B, P, cache_dtype), cache_axes)
     h_BxPxD, cache = decode.forward(cfg, sp, prompt_BxP, positions_BxP, valid_BxP, cache)
     logits_BxV = decode.logits(cfg, sp, h_BxPxD[:, -1:])[:, 0]
-    if G > 1:
-        cache = dataclasses.replace(
-            cache, **{f.name: jax.tree.map(lambda a: jnp.repeat(a, G, axis=0), getattr(cache, f.name))
-                      for f in dataclasses.fields(cache) if f.name != "index"})
-        logits_BxV = jnp.repeat(logits_BxV, G, axis=0)
+    cache = _share_and_extend(cache, G, T)
+    logits_BxV = jnp.repeat(logits_BxV, G, axis=0) if G > 1 else logits_BxV
     cache = static.constrain(cache, cache_axes)
     logits_NxV = static.constrain(logits_BxV, ("batch", "vocab"))
     next_pos_N = jnp.repeat(prompt_len_B, G).astype(jnp.int32)

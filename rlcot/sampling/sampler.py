@@ -152,10 +152,11 @@ class Sampler:
         axes = decode.cache_logical_axes(cfg)
         per_device = sum(
             math.prod(s.shape) * s.dtype.itemsize // _shards(self.mesh, a, self.rules, s.shape)
-            for s, a in zip(jax.tree.leaves(shapes), jax.tree.leaves(
-                axes, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(n, str) for n in x))))
+            for s, a in zip(jax.tree.leaves(shapes), jax.tree.leaves(axes, is_leaf=loop.is_axes))
+            if s.shape)  # the scalar write index is not part of the cache's size
         act = jnp.dtype(cfg.dtype).itemsize
-        prefill = batch_rows * P * (2 * cfg.n_heads * (P + T) * 4 + 3 * cfg.mlp_dim * act)
+        # Prefill: float32 scores and probabilities [B, heads, P, P], MLP activations [B, P, F].
+        prefill = batch_rows * P * (2 * cfg.n_heads * P * 4 + 3 * cfg.mlp_dim * act)
         step = rows * cfg.vocab_size * 4 * 4 + rows * T * 12
         work = max(prefill // shards, step // shards)
         budget, source = _device_budget(list(self.mesh.devices.flat) if self.mesh is not None
