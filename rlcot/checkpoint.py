@@ -47,8 +47,10 @@ class Checkpointer:
         self.directory = Path(workdir).absolute() / "checkpoints"
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "meta"))
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -57,29 +59,37 @@ class Checkpointer:
         ocp = self._ocp
         flat, _ = _flatten(state)
         self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)), force=True)
+            state=ocp.args.PyTreeSave(flat), meta=ocp.args.JsonSave(meta)), force=True)
 
-    def restore(self, abstract_state: Any, step: int | None = None
+    def restore(self, abstract_state: Any, step: int | None = None, *, prefix: str = ""
                 ) -> tuple[int, Any, dict[str, Any]] | None:
         """(step, state, meta) of the given or latest checkpoint, or None when there is none.
 
         abstract_state: the state's structure; leaves may be arrays (their shapes, dtypes and
-        shardings are used) or jax.ShapeDtypeStruct.
+        shardings are used) or jax.ShapeDtypeStruct. prefix: restore only the part of the
+        saved state under this path (e.g. '.params' of a TrainState), shaped as abstract_state.
         """
         ocp = self._ocp
         step = self.latest_step() if step is None else step
         if step is None:
             return None
         flat, treedef = _flatten(abstract_state)
+        flat = {prefix + k: v for k, v in flat.items()}
         target = {k: _abstract_leaf(v) for k, v in flat.items()}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+                state=ocp.args.PyTreeRestore(target, restore_args=restore_args,
+                                             partial_restore=bool(prefix)),
+                meta=ocp.args.JsonRestore()))
         except ValueError as e:
             raise ValueError(f"checkpoint {self.directory}/{step} does not match the current "
                              f"train state (was the model or optimizer config changed?): {e}"
                              ) from e
         got = restored["state"]
+        missing = [k for k in flat if k not in got]
+        if missing:
+            raise ValueError(f"checkpoint {self.directory}/{step} has no {missing[:5]}")
         state = jax.tree_util.tree_unflatten(treedef, [got[k] for k in flat])
         log.info("restored checkpoint %s/%d", self.directory, step)
         return step, state, dict(restored["meta"])

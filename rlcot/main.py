@@ -36,14 +36,25 @@ def _maybe_init_distributed() -> None:
             logging.info("jax.distributed.initialize skipped: %s", e)
 
 
+def _quiet_logging() -> None:
+    """rlcot's own INFO lines on stderr; orbax/absl chatter only from WARNING up."""
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("rlcot")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    root.propagate = False
+
+
 def main(argv: list[str]) -> None:
     commands = [a for a in argv[1:] if not a.startswith("-")]
     if len(commands) != 1 or commands[0] not in COMMANDS:
         raise app.UsageError(f"give one command of {COMMANDS}, got {commands}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    _quiet_logging()
     _maybe_init_distributed()
     command, config, workdir = commands[0], _CONFIG.value, _WORKDIR.value
     if command == "run":

@@ -32,6 +32,11 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _tb_name(key: str) -> str:
+    """TensorBoard tag names allow [A-Za-z0-9_./-]; benchmark labels carry ':' and '@'."""
+    return key.replace(":", "_").replace("@", "_at_")
+
+
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
@@ -73,7 +78,7 @@ class MetricsWriter:
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
+                    self._tb.add_scalar(_tb_name(k), v, step)
 
     def close(self) -> None:
         self._file.close()
@@ -104,3 +109,31 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
+
+
+class PhaseTimer:
+    """Wall time per phase of a step: `with timer("rollout"): ...`; shares of the step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def __call__(self, phase: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[phase] = timer.seconds.get(phase, 0.0) + time.perf_counter() - self.t0
+
+        return _Phase()
+
+    def metrics(self) -> dict[str, float]:
+        total = time.perf_counter() - self._start
+        out = {"time/step_s": total}
+        for phase, s in self.seconds.items():
+            out[f"time/{phase}_s"] = s
+            out[f"time/{phase}_share"] = s / total if total > 0 else 0.0
+        return out

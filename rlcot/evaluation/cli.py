@@ -79,8 +79,13 @@ def parse_model(model: Mapping[str, Any]) -> ModelSource:
     return ModelSource(source, tokenizer, overrides)
 
 
-def parse_eval_config(ev: Mapping[str, Any]) -> tuple[tuple[EvalSet, ...], EvalConfig, bool]:
-    """config.eval -> (eval sets, EvalConfig, use_checkpoint); unknown keys fail."""
+def parse_eval_config(ev: Mapping[str, Any], custom_set: Any = None
+                      ) -> tuple[tuple[EvalSet, ...], EvalConfig, bool]:
+    """config.eval -> (eval sets, EvalConfig, use_checkpoint); unknown keys fail.
+
+    custom_set: optional `(name, split, limit) -> EvalSet | None` for sets that are not in
+    the data registry (e.g. the toy world's in-memory splits); None falls back to the registry.
+    """
     ev = dict(_plain(ev))
     known = (*_SET_KEYS, *_TEMPLATE_KEYS, *_CLI_KEYS, *_CONFIG_KEYS)
     unknown = sorted(k for k in ev if k not in known)
@@ -92,12 +97,20 @@ def parse_eval_config(ev: Mapping[str, Any]) -> tuple[tuple[EvalSet, ...], EvalC
     if not datasets:
         raise ValueError("config.eval.datasets is empty: give e.g. ('gsm8k:test:200',)")
     subset = dict(subset=ev.get("subset", "first"), subset_seed=int(ev.get("subset_seed", 0)))
-    sets = tuple(parse_eval_set(d, **subset) for d in datasets)
+    sets = tuple(_custom(custom_set, d) or parse_eval_set(d, **subset) for d in datasets)
     template = TemplateConfig(**{field: ev[key] for key, field in _TEMPLATE_KEYS.items()
                                  if key in ev and ev[key] is not None})
     kwargs = {k: ev[k] for k in _CONFIG_KEYS if k in ev and ev[k] is not None}
     cfg = EvalConfig(template=template, **kwargs)
     return sets, cfg, bool(ev.get("use_checkpoint", True))
+
+
+def _custom(custom_set: Any, text: str) -> EvalSet | None:
+    if custom_set is None:
+        return None
+    parts = text.split(":")
+    limit = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
+    return custom_set(parts[0], parts[1] if len(parts) > 1 else "test", limit)
 
 
 def restore_checkpoint(workdir: Path, model: Any, mesh: Any) -> tuple[Any, int] | None:

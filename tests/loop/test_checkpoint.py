@@ -52,3 +52,14 @@ def test_keeps_only_the_newest(tmp_path):
     ckpt.wait()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
                   if p.name.isdigit()) == ["2", "3"]
+
+
+def test_restore_only_a_subtree(state, tmp_path):
+    # Evaluation restores just the policy parameters of a full train-state checkpoint.
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(4, state, {})
+    step, params, _ = ckpt.restore(state["params"], prefix="['params']")
+    assert step == 4
+    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert a.sharding == b.sharding

@@ -1,0 +1,239 @@
+"""The RL loop: sample -> score -> advantages -> update -> evaluate -> log -> checkpoint.
+
+One canonical loop for every recipe; recipes differ by configuration and by the pure functions
+they select by name (advantage estimator, policy loss, KL, aggregation, rewards). It always
+resumes from its workdir: the checkpoint holds the train state (policy, optimizer, reference,
+critic, KL coefficient, counters) and the data position; every random key is derived from
+(seed, step), so an interrupted run ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from rlcot import run_config
+from rlcot.checkpoint import Checkpointer
+from rlcot.workdir import MetricsWriter, PhaseTimer, Progress, read_metrics, write_json
+
+log = logging.getLogger(__name__)
+
+PLOT_PANELS = (("reward", ("reward/total/mean",)),
+               ("held-out accuracy", ("eval/{label}/greedy/pass@1",)),
+               ("response length (tokens)", ("rollout/length_mean",)))
+
+
+def run(config: Any, workdir: str | Path) -> dict[str, Any]:
+    # ---- Resolve the config (fails on unknown keys before any compute) -------------------------
+    rc = run_config.resolve(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "config.json", run_config._plain(config))
+    from rlcot import world_setup
+    from rlcot.rewards import RewardCombiner, RewardPool
+    from rlcot.rl import batch as rl_batch
+    from rlcot.rl.logprobs import make_logprob_fn
+    from rlcot.rl.state import check_nonfinite, init_train_state, refresh_reference
+    from rlcot.rl.update import make_update_step
+    from rlcot.rl.value import init_value_params, make_value_fn
+    from rlcot.sampling import Sampler, SamplingSpec
+
+    # ---- Mesh, model, data ---------------------------------------------------------------------
+    mesh = rc.mesh.make()
+    policy = world_setup.load_policy(rc, mesh)
+    tokenizer = policy.tokenizer
+    pipeline = world_setup.train_pipeline(rc, tokenizer)
+    eval_sets, eval_cfg = world_setup.eval_setup(rc)
+    log.info("model %s (%d params) on mesh %s; %d training prompts", rc.model.source,
+             policy.cfg.num_params(), dict(mesh.shape), pipeline.num_kept)
+
+    # ---- Train state and the compiled functions ------------------------------------------------
+    obj = rc.update.objective
+    needs_ref = obj.kl.placement != "none"
+    critic_graphdef = critic_params = None
+    if rc.update.value is not None:
+        critic_graphdef, critic_params = init_value_params(
+            policy.cfg, rc.seed, mesh=mesh, body_params=policy.params)
+    state = init_train_state(rc.update, policy.params, reference=needs_ref,
+                             critic_params=critic_params, mesh=mesh)
+    update = make_update_step(policy.graphdef, rc.update, state, mesh=mesh,
+                              critic_graphdef=critic_graphdef)
+    logprob_fn = make_logprob_fn(policy.graphdef, policy.params, mesh=mesh,
+                                 chunk=rc.update.logprob_chunk)
+    value_fn = (make_value_fn(critic_graphdef, critic_params, mesh=mesh)
+                if critic_params is not None else None)
+    sampler = Sampler(policy.cfg, state.params, tokenizer=tokenizer, mesh=mesh)
+    probe = RewardCombiner(rc.rewards)  # validates the spec; lists what workers import
+    pool = RewardPool(rc.train.reward_workers, preload=probe.worker_preload())
+    probe.close()
+    combiner = RewardCombiner(rc.rewards, pool=pool)
+    ro = rc.rollout
+    spec = SamplingSpec(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
+                        top_k=ro.top_k, top_p=ro.top_p, min_p=ro.min_p,
+                        stop_ids=tuple(tokenizer.stop_ids), stop_strings=ro.stop_strings)
+    G = ro.num_samples
+    rc.update.check_rows(rc.data.batch_prompts * G)
+
+    # ---- Resume --------------------------------------------------------------------------------
+    ckpt = Checkpointer(workdir, max_to_keep=rc.train.keep_checkpoints)
+    start, data_state = 0, None
+    restored = ckpt.restore(state)
+    if restored is not None:
+        start, state, meta = restored
+        data_state = meta["data"]
+        sampler.update_params(state.params)
+        log.info("resumed from step %d", start)
+    data_it = pipeline.iterator(data_state)
+    writer = MetricsWriter(workdir, resume_step=start if restored else None)
+    base_key = jax.random.key(rc.seed)
+
+    def evaluate(step: int) -> dict[str, float]:
+        from rlcot.evaluation import evaluate as run_evaluation
+        result = run_evaluation(None, tokenizer, eval_sets, eval_cfg, generate=sampler.generate,
+                                rng=jax.random.fold_in(jax.random.key(rc.seed + 1), step),
+                                progress=False)
+        extra = world_setup.eval_extras(rc, result)
+        (workdir / "eval").mkdir(exist_ok=True)
+        (workdir / "eval" / f"step{step:06d}.md").write_text(result.to_markdown())
+        return {**result.flat_metrics(), **extra}
+
+    if start == 0 and eval_sets:
+        writer.write(0, evaluate(0))
+
+    # ---- The loop ------------------------------------------------------------------------------
+    from rlcot.rollout import collect
+    progress = Progress(rc.train.steps, initial=start,
+                        keys=("reward/total/mean", "rollout/length_mean", "loss"))
+    t_run = time.perf_counter()
+    for step in range(start, rc.train.steps):
+        timer = PhaseTimer()
+        key = jax.random.fold_in(base_key, step)
+
+        with timer("rollout"):
+            rollout = collect(data_it, sampler.generate, combiner, tokenizer, spec,
+                              num_samples=G, batch_prompts=rc.data.batch_prompts,
+                              key=jax.random.fold_in(key, 0),
+                              dynamic_sampling=ro.dynamic_sampling, max_rounds=ro.max_rounds)
+        tb = rollout.batch
+        with timer("logprobs"):
+            args = (tb.tokens_NxL, tb.positions_NxL, tb.valid_NxL)
+            logp_old = logprob_fn(state.params, *args) if ro.recompute_old_logp else tb.logp_NxL
+            logp_ref = logprob_fn(state.ref_params, *args) if needs_ref else None
+            values = value_fn(state.critic_params, *args) if value_fn is not None else None
+            kl = (rl_batch.reward_kl(obj.kl, logp_old, logp_ref, tb.completion_mask_NxL)
+                  if obj.kl.placement == "reward" else None)
+            adv, returns = rl_batch.compute_advantages(
+                rc.advantage, jax.numpy.asarray(rollout.scores_N), tb.completion_mask_NxL,
+                group_size=G, values_NxL=values, kl_NxL=kl, kl_coef=state.kl_coef,
+                row_valid_N=jax.numpy.asarray(rollout.row_valid_N))
+            batch = rl_batch.make_update_batch(
+                tb, adv, logp_old, logp_ref_NxL=logp_ref, use_sampler_logp=obj.tis_cap is not None,
+                truncated_N=jax.numpy.asarray(rollout.truncated_N), values_old_NxL=values,
+                returns_NxL=returns)
+            jax.block_until_ready(batch)
+        update_metrics: dict[str, Any] = {"skipped_no_signal": 1.0}
+        if rollout.row_valid_N.any():  # else no group carried a learning signal: no step
+            with timer("update"):
+                state, update_metrics = update(state, batch, jax.random.fold_in(key, 1))
+                update_metrics = jax.device_get(update_metrics)
+                sampler.update_params(state.params)
+            check_nonfinite(update_metrics["nonfinite_streak"], rc.update)
+        if rc.train.ref_refresh_every and needs_ref and (step + 1) % rc.train.ref_refresh_every == 0:
+            state = refresh_reference(state)
+
+        row = {**{k: float(v) for k, v in update_metrics.items()}, **rollout.reward_metrics,
+               **_rollout_metrics(rollout)}
+        last = step + 1 == rc.train.steps
+        if eval_sets and (last or (rc.train.eval_every and (step + 1) % rc.train.eval_every == 0)):
+            with timer("eval"):
+                row.update(evaluate(step + 1))
+        if last or (step + 1) % rc.train.checkpoint_every == 0:
+            with timer("checkpoint"):
+                ckpt.save(step + 1, state, {"data": pipeline.get_state(data_it),
+                                            "step": step + 1})
+        row.update(timer.metrics())
+        writer.write(step + 1, row)
+        progress.update(row)
+        if (step + 1) % rc.train.log_every == 0 or last:
+            log.info("step %d/%d %s", step + 1, rc.train.steps, _brief(row))
+
+    # ---- Wrap up: summary.json and plots --------------------------------------------------------
+    progress.close()
+    ckpt.close()
+    writer.close()
+    pool.close()
+    summary = summarize(workdir, rc, wall_s=time.perf_counter() - t_run, resumed_from=start)
+    write_json(workdir / "summary.json", summary)
+    labels = [s.label for s in eval_sets]
+    panels = [(title, [k.format(label=lab) for k in keys for lab in (labels or [""])])
+              for title, keys in PLOT_PANELS]
+    from rlcot.plots import plot_metrics
+    plot_metrics(workdir, panels)
+    return summary
+
+
+def restore_policy(workdir: str | Path, model: Any, mesh: Any = None) -> tuple[Any, int] | None:
+    """(model with the policy parameters of the workdir's latest checkpoint, its step), or
+    None without a checkpoint. model: a LoadedModel of the run's initial policy (its params
+    give the structure and shardings)."""
+    ckpt = Checkpointer(workdir)
+    try:
+        restored = ckpt.restore(model.params, prefix=".params")
+    finally:
+        ckpt.close()
+    if restored is None:
+        return None
+    step, params, _ = restored
+    return dataclasses.replace(model, params=params), step
+
+
+def _rollout_metrics(rollout) -> dict[str, float]:
+    valid = rollout.row_valid_N
+    lengths = rollout.lengths_N[valid] if valid.any() else rollout.lengths_N
+    out = {"rollout/length_mean": float(np.mean(lengths)),
+           "rollout/length_max": float(np.max(lengths)),
+           "rollout/truncated_frac": float(np.mean(rollout.truncated_N)),
+           "rollout/score_mean": float(np.mean(rollout.scores_N[valid])) if valid.any() else 0.0,
+           "rollout/valid_frac": float(np.mean(valid))}
+    out.update({f"rollout/{k}": float(v) for k, v in rollout.stats.items()})
+    return out
+
+
+def _brief(row: dict[str, Any]) -> str:
+    keys = ("reward/total/mean", "rollout/length_mean", "loss", "kl_ref_mean", "entropy_mean",
+            "time/step_s")
+    return " ".join(f"{k.split('/')[-2] if k.count('/') > 1 else k}={row[k]:.4g}"
+                    for k in keys if isinstance(row.get(k), float))
+
+
+def summarize(workdir: Path, rc: Any, *, wall_s: float, resumed_from: int) -> dict[str, Any]:
+    """summary.json: final numbers under stable names (documented in the README)."""
+    rows = read_metrics(workdir)
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    eval_keys = lambda r: {k[len("eval/"):]: v for k, v in r.items() if k.startswith("eval/")}  # noqa: E731
+    train_rows = [r for r in rows if "loss" in r]
+    phases: dict[str, float] = {}
+    for r in train_rows:
+        for k, v in r.items():
+            if k.startswith("time/") and k.endswith("_s") and k != "time/step_s":
+                phases[k[5:-2]] = phases.get(k[5:-2], 0.0) + v
+    total = sum(phases.values()) or 1.0
+    last = train_rows[-1] if train_rows else {}
+    return {
+        "steps": rc.train.steps, "seed": rc.seed, "resumed_from_step": resumed_from,
+        "wall_time_s": round(wall_s, 2),
+        "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
+        "phase_share": {k: round(v / total, 4) for k, v in phases.items()},
+        "eval_before": eval_keys(evals[0]) if evals and evals[0]["step"] == 0 else {},
+        "eval_after": eval_keys(evals[-1]) if evals else {},
+        "final_train": {k: last[k] for k in ("reward/total/mean", "rollout/length_mean",
+                                             "entropy_mean", "kl_ref_mean") if k in last},
+    }
+
+

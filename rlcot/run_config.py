@@ -1,0 +1,181 @@
+"""An experiment's ConfigDict, resolved once at the entry point into frozen, validated sections.
+
+Library functions never see the ConfigDict: the loop passes each of them its own section.
+Every field of every section can be set from an experiment file or `--config.KEY=VALUE`;
+unknown keys are errors naming the section and the known keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Mapping
+
+from rlcot.data.templates import TemplateConfig
+from rlcot.rl.advantages import AdvantageConfig
+from rlcot.rl.state import UpdateConfig
+from rlcot.sharding import MeshConfig
+
+
+def _plain(x: Any) -> Any:
+    """ConfigDict / FieldReference / lists -> plain dicts, values and tuples."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if hasattr(x, "get") and hasattr(x, "keys") and not isinstance(x, Mapping):
+        x = {k: x[k] for k in x.keys()}
+    if isinstance(x, Mapping):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return tuple(_plain(v) for v in x)
+    return x
+
+
+def build(cls: type, values: Any, where: str) -> Any:
+    """A (nested) frozen dataclass from a mapping; nested dataclass fields take mappings."""
+    if values is None:
+        return cls()
+    if dataclasses.is_dataclass(values):
+        return values
+    values = _plain(values)
+    if not isinstance(values, Mapping):
+        raise TypeError(f"config.{where} must be a mapping of {cls.__name__} fields, "
+                        f"got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise KeyError(f"config.{where}: unknown key(s) {unknown}; {cls.__name__} has "
+                       f"{sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        target = _dataclass_in(hints.get(name))
+        if target is not None and value is not None and not dataclasses.is_dataclass(value):
+            value = build(target, value, f"{where}.{name}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"config.{where}: {e}") from e
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass type in a hint such as `X`, `X | None` or `Optional[X]`."""
+    if hint is None:
+        return None
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """source: see rlcot.models.load.load_model ('preset:NAME', 'hf:PATH', 'gguf:PATH',
+    'gguf:smollm2'), or 'toyworld' for the toy world's cached pre-trained base model."""
+    source: str = "toyworld"
+    tokenizer: str | None = None
+    dtype: str | None = None
+    param_dtype: str | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in (("dtype", self.dtype), ("param_dtype", self.param_dtype))
+                if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """Training prompts: a dataset of rlcot.data.registry (or 'toyworld'), its split, how
+    examples become prompts, and prompts per RL step."""
+    dataset: str = "toyworld"
+    split: str = "train"
+    template: TemplateConfig = TemplateConfig()
+    max_prompt_tokens: int | None = None
+    batch_prompts: int = 16
+    shuffle: bool = True
+
+    def __post_init__(self):
+        if self.batch_prompts < 1:
+            raise ValueError(f"batch_prompts must be >= 1, got {self.batch_prompts}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSection:
+    """G samples per prompt and how they are drawn. DAPO dynamic sampling: drop groups whose
+    rewards are all equal and keep sampling fresh prompts until `batch_prompts` groups remain,
+    for at most `max_rounds` generation rounds (the rest of the batch is then masked out)."""
+    num_samples: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    stop_strings: tuple[str, ...] = ()
+    dynamic_sampling: bool = False
+    max_rounds: int = 3
+    recompute_old_logp: bool = True
+
+    def __post_init__(self):
+        if self.num_samples < 1 or self.max_rounds < 1:
+            raise ValueError(f"num_samples and max_rounds must be >= 1, got "
+                             f"{self.num_samples}, {self.max_rounds}")
+        if self.dynamic_sampling and self.num_samples < 2:
+            raise ValueError("dynamic sampling needs num_samples >= 2 (groups to compare)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    """steps: RL steps (rollout + update). ref_refresh_every: copy the policy into the KL
+    reference every N steps (0: never). Evaluation every `eval_every` steps (0: only before
+    and after training), checkpoints every `checkpoint_every` steps and at the end."""
+    steps: int = 100
+    ref_refresh_every: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    reward_workers: int = 2
+
+    def __post_init__(self):
+        if self.steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError(f"need steps >= 0, checkpoint_every >= 1, log_every >= 1; got "
+                             f"{self.steps}, {self.checkpoint_every}, {self.log_every}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    seed: int
+    mesh: MeshConfig
+    model: ModelSection
+    data: DataSection
+    rollout: RolloutSection
+    rewards: Mapping[str, Any]
+    advantage: AdvantageConfig
+    update: UpdateConfig
+    train: TrainSection
+    eval: Mapping[str, Any]
+    world: Mapping[str, Any]
+
+
+SECTIONS = {"mesh": MeshConfig, "model": ModelSection, "data": DataSection,
+            "rollout": RolloutSection, "advantage": AdvantageConfig, "update": UpdateConfig,
+            "train": TrainSection}
+FREEFORM = ("rewards", "eval", "world")  # validated by their own packages
+
+
+def resolve(config: Any) -> RunConfig:
+    """RunConfig from an experiment's ConfigDict (fails on unknown keys and bad values)."""
+    values = _plain(config)
+    unknown = sorted(set(values) - set(SECTIONS) - set(FREEFORM) - {"seed", "name"})
+    if unknown:
+        raise KeyError(f"config: unknown top-level key(s) {unknown}; known: "
+                       f"{sorted([*SECTIONS, *FREEFORM, 'seed', 'name'])}")
+    sections = {name: build(cls, values.get(name), name) for name, cls in SECTIONS.items()}
+    if not values.get("rewards"):
+        raise ValueError("config.rewards is empty: name at least one reward, e.g. "
+                         "{'math_accuracy': 1.0}")
+    return RunConfig(seed=int(values.get("seed", 0)), rewards=values["rewards"],
+                     eval=values.get("eval") or {}, world=values.get("world") or {},
+                     **sections)
