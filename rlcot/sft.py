@@ -1,0 +1,184 @@
+"""Supervised fine-tuning: next-token cross-entropy on completion tokens, one jitted optax step.
+
+Used for the toy world's base-model pre-training, R1's cold start and Kimi's long-CoT SFT.
+
+    optimizer = make_optimizer(SFTConfig(learning_rate=1e-3, total_steps=1000))
+    step = make_train_step(optimizer)
+    opt_state = optimizer.init(params)
+    batch = collate([(prompt_ids, completion_ids), ...], pad_id=tok.pad_id, eos_id=tok.eos_id)
+    params, opt_state, metrics = step(graphdef, params, opt_state, batch)
+
+A batch is a dict of right-padded arrays:
+  tokens_BxT       int32  prompt + completion (+ eos), then padding
+  valid_BxT        bool   real tokens
+  target_mask_BxT  bool   tokens that are predicted (the completion and its eos); the token at
+                          t is predicted from the logits at t - 1, so column 0 is never a target
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlcot.models.transformer import forward, positions_from_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """AdamW with linear warmup then cosine decay to end_lr_ratio * learning_rate at
+    total_steps. Weight decay skips norm scales. micro_batches: the batch is split along B
+    and gradients are summed, giving the same update as one pass (the loss is normalised by
+    the whole batch's target-token count)."""
+
+    learning_rate: float = 1e-3
+    total_steps: int = 1000
+    warmup_steps: int = 0
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    micro_batches: int = 1
+    remat: bool = False
+
+    def __post_init__(self):
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.total_steps < 1 or not 0 <= self.warmup_steps <= self.total_steps:
+            raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got "
+                             f"total_steps={self.total_steps} warmup_steps={self.warmup_steps}")
+        if not 0.0 <= self.end_lr_ratio <= 1.0:
+            raise ValueError(f"end_lr_ratio must be in [0, 1], got {self.end_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {self.micro_batches}")
+
+
+def learning_rate_schedule(cfg: SFTConfig) -> optax.Schedule:
+    decay = optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.total_steps - cfg.warmup_steps, 1),
+                                        alpha=cfg.end_lr_ratio)
+    if not cfg.warmup_steps:
+        return decay
+    warmup = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def _decay_mask(params: Any) -> Any:
+    def keep(path, _):
+        names = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        return "norm" not in names
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
+    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay, mask=_decay_mask)
+    if cfg.max_grad_norm is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+
+
+def token_nll(graphdef: Any, params: Any, batch: dict[str, jax.Array],
+              remat: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(nll_BxT, weight_BxT): the negative log-likelihood of each token t >= 1 given the
+    tokens before it (column 0 is zero), and the target mask as float32 weights."""
+    tokens_BxT = jnp.asarray(batch["tokens_BxT"])
+    valid_BxT = jnp.asarray(batch["valid_BxT"]).astype(bool)
+    weight_BxT = (jnp.asarray(batch["target_mask_BxT"]).astype(bool) & valid_BxT).astype(jnp.float32)
+    logits_BxTxV, _ = forward(graphdef, params, tokens_BxT, positions_from_mask(valid_BxT),
+                              valid_BxT, None, remat)
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
+    target_logp_BxT = jnp.take_along_axis(logp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+    nll_BxT = jnp.pad(-target_logp_BxT, ((0, 0), (1, 0)))
+    return nll_BxT, weight_BxT.at[:, 0].set(0.0)
+
+
+def loss_fn(graphdef: Any, params: Any, batch: dict[str, jax.Array],
+            remat: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Token-mean cross-entropy over the batch's target tokens (0 when there are none)."""
+    nll_BxT, weight_BxT = token_nll(graphdef, params, batch, remat)
+    count = weight_BxT.sum()
+    loss = (nll_BxT * weight_BxT).sum() / jnp.maximum(count, 1.0)
+    return loss, {"loss": loss, "target_tokens": count}
+
+
+def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int = 1,
+                    remat: bool = False) -> Callable:
+    """A jitted `(graphdef, params, opt_state, batch) -> (params, opt_state, metrics)`;
+    graphdef is static, params and opt_state are donated. metrics: loss (token mean over the
+    whole batch), target_tokens, grad_norm (before clipping)."""
+
+    def step(graphdef, params, opt_state, batch):
+        def sums(p, mb):
+            nll_BxT, weight_BxT = token_nll(graphdef, p, mb, remat)
+            return (nll_BxT * weight_BxT).sum(), weight_BxT.sum()
+
+        grad_fn = jax.value_and_grad(sums, has_aux=True)
+        B = batch["tokens_BxT"].shape[0]
+        if micro_batches == 1:
+            (nll_sum, count), grads = grad_fn(params, batch)
+        else:
+            if B % micro_batches:
+                raise ValueError(f"a batch of {B} rows does not split into "
+                                 f"{micro_batches} micro-batches")
+            micro = jax.tree.map(
+                lambda x: x.reshape(micro_batches, B // micro_batches, *x.shape[1:]), batch)
+
+            def body(carry, mb):
+                g_acc, nll_acc, n_acc = carry
+                (nll, n), g = grad_fn(params, mb)
+                return (jax.tree.map(jnp.add, g_acc, g), nll_acc + nll, n_acc + n), None
+
+            init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
+            (grads, nll_sum, count), _ = jax.lax.scan(body, init, micro)
+        # Sums over micro-batches, normalised once: the same update as one full-batch pass.
+        scale = 1.0 / jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g * scale, grads)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": nll_sum * scale, "target_tokens": count,
+                   "grad_norm": optax.tree.norm(grads)}
+        return params, opt_state, metrics
+
+    return jax.jit(step, static_argnums=0, donate_argnums=(1, 2))
+
+
+def collate(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int,
+            eos_id: int | None = None, length: int | None = None,
+            truncate: bool = False) -> dict[str, np.ndarray]:
+    """Right-padded batch of (prompt_ids, completion_ids) pairs; eos (if given) is appended
+    to each completion and is a target. length: the padded width (default: the longest row);
+    a longer row raises unless truncate=True (then its tail is cut)."""
+    if not examples:
+        raise ValueError("collate needs at least one example")
+    rows, targets = [], []
+    for k, (prompt, completion) in enumerate(examples):
+        completion = list(completion) + ([eos_id] if eos_id is not None else [])
+        if not completion:
+            raise ValueError(f"example {k} has an empty completion (nothing to learn)")
+        rows.append(list(prompt) + completion)
+        targets.append([False] * len(prompt) + [True] * len(completion))
+    longest = max(len(r) for r in rows)
+    width = longest if length is None else length
+    if longest > width and not truncate:
+        raise ValueError(f"an example has {longest} tokens, more than length={width} "
+                         f"(pass truncate=True to cut)")
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    valid = np.zeros((len(rows), width), bool)
+    target = np.zeros((len(rows), width), bool)
+    for b, (r, t) in enumerate(zip(rows, targets)):
+        n = min(len(r), width)
+        tokens[b, :n] = r[:n]
+        valid[b, :n] = True
+        target[b, :n] = t[:n]
+    return {"tokens_BxT": tokens, "valid_BxT": valid, "target_mask_BxT": target}

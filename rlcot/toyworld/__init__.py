@@ -1,0 +1,36 @@
+"""A synthetic, verifiable reasoning world (column arithmetic with written steps) and its tiny
+pre-trained base model, on which the R1-Zero / R1 / Kimi / preference studies run on CPU.
+
+    from rlcot import toyworld
+    world = toyworld.WorldConfig()
+    base = toyworld.load_base_model(world)          # cached under ~/.cache/rlcot/toyworld
+    train = toyworld.ToyWorldSource(world, "train") # PromptPipeline source (common schema)
+    toyworld.is_correct(completion, example["answer"]); toyworld.has_check_step(completion)
+
+Names are imported lazily: checking completions does not import jax.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "TaskConfig": "tasks", "Problem": "tasks", "problems": "tasks", "split_of": "tasks",
+    "StyleRates": "solutions", "Style": "solutions", "write_solution": "solutions",
+    "LANGUAGES": "solutions", "TARGET_LANGUAGE": "solutions", "SECOND_LANGUAGE": "solutions",
+    "WorldConfig": "corpus", "corpus": "corpus", "examples": "corpus", "prompt_text": "corpus",
+    "Document": "corpus",
+    "extract_answer": "checks", "is_correct": "checks", "strict_format": "checks",
+    "has_check_step": "checks", "second_language_share": "checks", "summarize": "checks",
+    "word_languages": "checks", "chain_of_thought": "checks", "rates_of": "checks",
+    "ToyWorldSource": "dataset", "preference_pairs": "dataset",
+    "cached_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+    "PretrainConfig": "pretrain", "BaseModel": "pretrain", "load_base_model": "pretrain",
+    "generate": "decode",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rlcot.toyworld' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"rlcot.toyworld.{_EXPORTS[name]}"), name)
