@@ -70,6 +70,7 @@ def run_pass(prompts: EvalPrompts, generate: Generate, tokenizer: Any, spec: Sam
     G, B = num_samples, len(prompts)
     texts: list[str] = []
     lengths, truncated = [], []
+    t0 = time.perf_counter()
     bar = tqdm(total=B * G, desc=desc, unit="completion", dynamic_ncols=True,
                disable=None if progress is None else not progress)
     try:
@@ -86,6 +87,9 @@ def run_pass(prompts: EvalPrompts, generate: Generate, tokenizer: Any, spec: Sam
             lengths.append(lengths_N)
             truncated.append(np.asarray(jax.device_get(out.truncated_N)))
             bar.update(n)
+            if bar.disable:  # no terminal (a log file): one line per call instead of a bar
+                log.info("%s: %d/%d completions, %.0fs", desc, len(texts), B * G,
+                         time.perf_counter() - t0)
     finally:
         bar.close()
     return {"texts": texts, "lengths_N": np.concatenate(lengths).astype(np.int64),

@@ -37,9 +37,9 @@ def tiny_model(toy_tok):
 
 
 @pytest.fixture(scope="session")
-def gsm8k_source_dir() -> Path:
+def shared_source_dir() -> Path:
     env = os.environ.get("RLCOT_SHARED_DATA")
     path = Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    if not (path / "gsm8k" / "test.jsonl").exists():
+    if not (path / "aime24" / "test.jsonl").exists():
         pytest.skip(f"benchmark copies not found at {path}")
     return path

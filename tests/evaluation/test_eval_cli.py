@@ -84,7 +84,7 @@ def test_smollm2_experiment_config_loads(variant):
     sets, cfg, _ = parse_eval_config(config.eval)
     assert parse_model(config.model).source == "gguf:smollm2"
     assert sets[0].name == "gsm8k" and sets[0].split == "test"
-    assert cfg.template.name == "chat" and "\\boxed{}" in cfg.template.instruction
+    assert cfg.template.name == "chat" and "####" in cfg.template.instruction
     if variant == "full":
         assert sets[0].limit is None and cfg.num_samples == 8
     else:
@@ -99,27 +99,29 @@ def test_restore_checkpoint_extension_point(tmp_path):
             restore_checkpoint(tmp_path, None, None)
 
 
-def test_run_eval_writes_files(toy_tok, gsm8k_source_dir, tmp_path, capsys):
+def test_run_eval_writes_files(toy_tok, shared_source_dir, tmp_path, capsys):
     tok_path = toy_tok.save(tmp_path / "toy.model")
     config = config_dict.ConfigDict({
         "seed": 0,
         "model": {"source": "preset:tiny", "tokenizer": str(tok_path),
                   "vocab_size": toy_tok.vocab_size},
-        "eval": {"datasets": ("gsm8k:test:3",), "template": "qa", "max_new_tokens": 4,
+        # AIME 2024: the smallest benchmark (30 rows) to build.
+        "eval": {"datasets": ("aime24:test:3",), "template": "qa", "max_new_tokens": 4,
                  "batch_size": 4, "data_dir": str(tmp_path / "tfds"),
-                 "source_dir": str(gsm8k_source_dir)},
+                 "source_dir": str(shared_source_dir)},
     })
     workdir = tmp_path / "run"
     result = run_eval(config, str(workdir))
     for name in ("eval.json", "eval.md", "eval.csv", "eval_config.json",
-                 "eval_records/gsm8k_test.jsonl"):
+                 "eval_records/aime24_test.jsonl"):
         assert (workdir / name).is_file(), name
     data = json.loads((workdir / "eval.json").read_text())
     assert data["model"] == "preset:tiny" and data["seed"] == 0
-    assert data["benchmarks"]["gsm8k:test"]["n"] == 3
-    assert set(data["benchmarks"]["gsm8k:test"]["metrics"]) == set(
-        result.benchmarks["gsm8k:test"].metrics)
-    records = (workdir / "eval_records" / "gsm8k_test.jsonl").read_text().splitlines()
-    assert [json.loads(r)["id"] for r in records] == [f"gsm8k/test/{i}" for i in range(3)]
-    assert "| gsm8k:test | 3 | 0 |" in capsys.readouterr().out
+    assert data["benchmarks"]["aime24:test"]["n"] == 3
+    assert set(data["benchmarks"]["aime24:test"]["metrics"]) == set(
+        result.benchmarks["aime24:test"].metrics)
+    records = [json.loads(r) for r in
+               (workdir / "eval_records" / "aime24_test.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in records] == [0, 1, 2]  # the first 3 rows, in source order
+    assert "| aime24:test | 3 | 0 |" in capsys.readouterr().out
     assert (workdir / "eval.md").read_text() == result.to_markdown()

@@ -214,3 +214,22 @@ def test_tiny_model_is_reproducible(tiny_runs):
     sampled = lambda r: [x["completion"] for x in recs(r) if x["pass"] == "sampled"]  # noqa: E731
     assert greedy(first) == greedy(other)
     assert sampled(first) != sampled(other)
+
+
+def test_evaluate_rejects_bad_calls(toy_tok, toy_examples):
+    s = EvalSet("toy", "test", limit=2, examples=toy_examples)
+    fake = FakeGenerate(toy_tok)
+    cfg = EvalConfig(template=TemplateConfig("r1_zero"), max_new_tokens=64)
+    with pytest.raises(ValueError, match="no eval sets"):
+        evaluate(None, toy_tok, [], cfg, rng=0, generate=fake)
+    with pytest.raises(ValueError, match="duplicate eval sets"):
+        evaluate(None, toy_tok, [s, s], cfg, rng=0, generate=fake)
+    with pytest.raises(ValueError, match="needs a model or a generate"):
+        evaluate(None, toy_tok, [s], cfg, rng=0)
+
+    def one_row_short(tokens_BxP, lens_B, rng, num_samples, spec):
+        out = fake(tokens_BxP, lens_B, rng, num_samples, spec)
+        out.lengths_N = out.lengths_N[:-1]
+        return out
+    with pytest.raises(ValueError, match="generate returned 1 rows"):
+        evaluate(None, toy_tok, [s], cfg, rng=0, generate=one_row_short)
