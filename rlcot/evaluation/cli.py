@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rlcot.data.templates import TemplateConfig
-from rlcot.evaluation.config import EvalConfig, EvalSet, parse_eval_set
+from rlcot.evaluation.config import EvalConfig, EvalSet, parse_eval_set, split_eval_set
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,7 @@ def parse_eval_config(ev: Mapping[str, Any], custom_set: Any = None
 
 
 def _custom(custom_set: Any, text: str) -> EvalSet | None:
-    if custom_set is None:
-        return None
-    parts = text.split(":")
-    limit = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
-    return custom_set(parts[0], parts[1] if len(parts) > 1 else "test", limit)
+    return None if custom_set is None else custom_set(*split_eval_set(text))
 
 
 def restore_checkpoint(workdir: Path, model: Any, mesh: Any) -> tuple[Any, int] | None:

@@ -78,9 +78,9 @@ class EvalSet:
         return f"{self.name}:{self.split}"
 
 
-def parse_eval_set(text: str, *, subset: str = "first", subset_seed: int = 0) -> EvalSet:
-    """'name:split[:limit]' -> EvalSet, e.g. 'gsm8k:test:200' (first 200 rows) or 'math500:test'."""
-    parts = text.split(":")
+def split_eval_set(text: str) -> tuple[str, str, int | None]:
+    """'name:split[:limit]' -> (name, split, limit)."""
+    parts = text.split(":") if isinstance(text, str) else []
     if len(parts) not in (2, 3) or not all(parts):
         raise ValueError(f"eval set {text!r} must look like 'name:split' or 'name:split:limit'")
     limit = None
@@ -89,7 +89,13 @@ def parse_eval_set(text: str, *, subset: str = "first", subset_seed: int = 0) ->
             limit = int(parts[2])
         except ValueError:
             raise ValueError(f"eval set {text!r}: limit {parts[2]!r} is not an integer") from None
-    return EvalSet(parts[0], parts[1], limit, subset, subset_seed)
+    return parts[0], parts[1], limit
+
+
+def parse_eval_set(text: str, *, subset: str = "first", subset_seed: int = 0) -> EvalSet:
+    """'name:split[:limit]' -> EvalSet, e.g. 'gsm8k:test:200' (first 200 rows) or 'math500:test'."""
+    name, split, limit = split_eval_set(text)
+    return EvalSet(name, split, limit, subset, subset_seed)
 
 
 def default_scorer(name: str) -> str:

@@ -125,3 +125,19 @@ def test_run_eval_writes_files(toy_tok, shared_source_dir, tmp_path, capsys):
     assert [r["row"] for r in records] == [0, 1, 2]  # the first 3 rows, in source order
     assert "| aime24:test | 3 | 0 |" in capsys.readouterr().out
     assert (workdir / "eval.md").read_text() == result.to_markdown()
+
+
+def test_custom_sets_resolve_names_the_registry_lacks(toy_examples):
+    def custom(name, split, limit):
+        if name != "toy":
+            return None
+        return EvalSet("toy", split, limit, examples=toy_examples)
+
+    sets, _, _ = parse_eval_config(_eval_dict(datasets=("toy:heldout:2", "gsm8k:test:3")),
+                                   custom_set=custom)
+    assert (sets[0].label, sets[0].limit, sets[0].examples) == ("toy:heldout", 2, toy_examples)
+    assert sets[1] == EvalSet("gsm8k", "test", 3) and sets[1].examples is None
+    with pytest.raises(KeyError, match="unknown dataset 'toy'"):
+        parse_eval_config(_eval_dict(datasets=("toy:heldout",)))
+    with pytest.raises(ValueError, match="not an integer"):  # parsed before custom_set sees it
+        parse_eval_config(_eval_dict(datasets=("toy:heldout:all",)), custom_set=custom)
