@@ -38,9 +38,11 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     from rlcot import world_setup
     from rlcot.rewards import RewardCombiner, RewardPool
     from rlcot.rl import batch as rl_batch
-    from rlcot.rl.logprobs import make_logprob_fn
-    from rlcot.rl.state import check_nonfinite, init_train_state, refresh_reference
-    from rlcot.rl.update import make_update_step
+    from rlcot.rl.logprobs import batch_sharding, make_logprob_fn
+    from rlcot.rl.state import (check_nonfinite, init_train_state, refresh_reference,
+                                train_state_shardings)
+    from rlcot.rl.update import _row_shards, make_update_step
+    from rlcot.sharding import TRAIN_RULES
     from rlcot.rl.value import init_value_params, make_value_fn
     from rlcot.sampling import Sampler, SamplingSpec
 
@@ -62,6 +64,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
             policy.cfg, rc.seed, mesh=mesh, body_params=policy.params)
     state = init_train_state(rc.update, policy.params, reference=needs_ref,
                              critic_params=critic_params, mesh=mesh)
+    state = jax.device_put(state, train_state_shardings(state, mesh))  # scalars on the mesh too
     update = make_update_step(policy.graphdef, rc.update, state, mesh=mesh,
                               critic_graphdef=critic_graphdef)
     logprob_fn = make_logprob_fn(policy.graphdef, policy.params, mesh=mesh,
@@ -78,7 +81,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
                         top_k=ro.top_k, top_p=ro.top_p, min_p=ro.min_p,
                         stop_ids=tuple(tokenizer.stop_ids), stop_strings=ro.stop_strings)
     G = ro.num_samples
-    rc.update.check_rows(rc.data.batch_prompts * G)
+    rc.update.check_rows(rc.data.batch_prompts * G, row_shards=_row_shards(mesh, TRAIN_RULES))
 
     # ---- Resume --------------------------------------------------------------------------------
     ckpt = Checkpointer(workdir, max_to_keep=rc.train.keep_checkpoints)
@@ -120,7 +123,8 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
                               num_samples=G, batch_prompts=rc.data.batch_prompts,
                               key=jax.random.fold_in(key, 0),
                               dynamic_sampling=ro.dynamic_sampling, max_rounds=ro.max_rounds)
-        tb = rollout.batch
+        rows = batch_sharding(mesh)  # every [N, ...] array: rows over (data, fsdp)
+        tb = jax.device_put(rollout.batch, rows)
         with timer("logprobs"):
             args = (tb.tokens_NxL, tb.positions_NxL, tb.valid_NxL)
             logp_old = logprob_fn(state.params, *args) if ro.recompute_old_logp else tb.logp_NxL
@@ -136,7 +140,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
                 tb, adv, logp_old, logp_ref_NxL=logp_ref, use_sampler_logp=obj.tis_cap is not None,
                 truncated_N=jax.numpy.asarray(rollout.truncated_N), values_old_NxL=values,
                 returns_NxL=returns)
-            jax.block_until_ready(batch)
+            batch = jax.block_until_ready(jax.device_put(batch, rows))
         update_metrics: dict[str, Any] = {"skipped_no_signal": 1.0}
         if rollout.row_valid_N.any():  # else no group carried a learning signal: no step
             with timer("update"):
