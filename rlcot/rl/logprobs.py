@@ -81,22 +81,25 @@ def batch_sharding(mesh: Mesh, rules: Any = TRAIN_RULES) -> NamedSharding:
 
 
 def sharded_forward(fn: Callable, params_like: Any, mesh: Mesh | None,
-                    rules: Any = TRAIN_RULES) -> Callable:
+                    rules: Any = TRAIN_RULES, compiler_options: dict | None = None) -> Callable:
     """`jax.jit(fn)` for `fn(params, *per_row_arrays) -> per_row_arrays`, with parameters in
-    their training shardings and rows over the batch axes (no mesh: plain jit)."""
+    their training shardings and rows over the batch axes (no mesh: plain jit).
+    compiler_options: XLA options for this function only (see make_update_step)."""
     if mesh is None:
-        return jax.jit(fn)
+        return jax.jit(fn, compiler_options=compiler_options)
     params_sh = state_shardings(params_like, mesh, rules)
     rows = batch_sharding(mesh, rules)
-    return jax.jit(fn, in_shardings=(params_sh, rows, rows, rows), out_shardings=rows)
+    return jax.jit(fn, in_shardings=(params_sh, rows, rows, rows), out_shardings=rows,
+                   compiler_options=compiler_options)
 
 
 def make_logprob_fn(graphdef: nnx.GraphDef, params_like: Any, *, mesh: Mesh | None = None,
-                    rules: Any = TRAIN_RULES, chunk: int = 512) -> Callable:
+                    rules: Any = TRAIN_RULES, chunk: int = 512,
+                    compiler_options: dict | None = None) -> Callable:
     """Jitted `(params, tokens_NxL, positions_NxL, valid_NxL) -> logp_NxL` for the old-policy
     and reference log-probs, in the update step's layout. params_like: the parameters (or
     their abstract state) the function will be called with; N must divide by the batch shards."""
     def fn(params, tokens_NxL, positions_NxL, valid_NxL):
         return token_logprobs(graphdef, params, tokens_NxL, positions_NxL, valid_NxL,
                               chunk=chunk)[0]
-    return sharded_forward(fn, params_like, mesh, rules)
+    return sharded_forward(fn, params_like, mesh, rules, compiler_options)

@@ -22,7 +22,11 @@ class UpdateConfig:
     (one optimizer step each, rows reshuffled every epoch when `shuffle`), each accumulated
     over `micro_batches` forward/backward passes. logprob_chunk: sequence positions per logits
     chunk; remat: rematerialise decoder layers in the backward pass. The loop aborts after
-    `max_nonfinite_streak` skipped (non-finite) optimizer steps in a row."""
+    `max_nonfinite_streak` skipped (non-finite) optimizer steps in a row.
+
+    Aggregation mode 'constant' (Dr.GRPO) defaults to rows x L of the minibatch, and L here
+    includes the prompt: set `objective.aggregation.constant` (e.g. minibatch rows x
+    max_new_tokens) for the paper's normaliser."""
     objective: ObjectiveConfig = ObjectiveConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     value: ValueConfig | None = None

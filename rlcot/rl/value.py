@@ -74,12 +74,12 @@ def init_value_params(cfg: ModelConfig, seed: int = 0, *, mesh: Mesh | None = No
 
 
 def make_value_fn(graphdef: nnx.GraphDef, params_like: Any, *, mesh: Mesh | None = None,
-                  rules: Any = TRAIN_RULES) -> Callable:
+                  rules: Any = TRAIN_RULES, compiler_options: dict | None = None) -> Callable:
     """Jitted `(critic_params, tokens_NxL, positions_NxL, valid_NxL) -> values_NxL` (the
     old values for GAE and the clipped value loss), in the update step's layout."""
     def fn(params, tokens_NxL, positions_NxL, valid_NxL):
         return value_forward(graphdef, params, tokens_NxL, positions_NxL, valid_NxL)
-    return sharded_forward(fn, params_like, mesh, rules)
+    return sharded_forward(fn, params_like, mesh, rules, compiler_options)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 epochs x minibatches schedule, the non-finite guard, the KL controller, the critic, refresh."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,11 @@ from rlcot.rl.update import make_update_step, minibatch_grads, minibatch_order
 from rlcot.rl.value import ValueConfig, init_value_params
 
 N, L, P = 16, 12, 4
+# XLA:CPU options for these tests: no LLVM optimisation (compiles ~3x faster; shapes are tiny)
+# and no YNNPACK fusions, whose row reductions (rms-norm means, softmax) round differently with
+# the number of rows in the batch (~4e-7 relative), so per-row numerics would depend on how
+# rows are grouped into micro-batches or shards.
+FAST = {"xla_backend_optimization_level": 0, "xla_cpu_experimental_ynn_fusion_type": ""}
 CFG = presets.get_config("tiny", vocab_size=64, d_model=64, mlp_dim=128, head_dim=16)
 # eps = 1 keeps Adam's step a smooth function of the gradient: with the usual 1e-8, the first
 # step is lr * sign(g), and gradients at rounding level flip signs between device layouts.
@@ -46,7 +52,8 @@ def make_batch(graphdef, params, seed=0):
     valid = np.arange(L)[None, :] < (P + lengths)[:, None]
     positions = np.asarray(tr.positions_from_mask(valid))
     mask = ((np.arange(L)[None, :] >= P) & valid).astype(np.float32)
-    logp, _ = jax.jit(lambda p: token_logprobs(graphdef, p, tokens, positions, valid))(params)
+    logp, _ = jax.jit(lambda p: token_logprobs(graphdef, p, tokens, positions, valid),
+                      compiler_options=FAST)(params)
     noise = lambda s: jnp.asarray(rng.normal(size=(N, L)) * s, jnp.float32)  # noqa: E731
     adv = jnp.asarray(rng.normal(size=(N, 1)), jnp.float32) * mask
     return UpdateBatch(tokens, positions, valid, mask, adv, logp_old_NxL=logp * mask,
@@ -77,7 +84,8 @@ def fresh_state(mesh=None):
 @pytest.fixture(scope="module")
 def single():
     graphdef, cgraphdef, state = fresh_state()
-    step = make_update_step(graphdef, UCFG, state, critic_graphdef=cgraphdef)
+    step = make_update_step(graphdef, UCFG, state, critic_graphdef=cgraphdef,
+                            compiler_options=FAST)
     batch = make_batch(graphdef, state.params)
     return graphdef, cgraphdef, step, batch
 
@@ -97,7 +105,8 @@ def test_sharded_step_equals_single_device(single):
     new, metrics = step(fresh_state()[2], batch, jax.random.key(0))
     mesh = sharding.make_mesh(2, 2, 2)
     _, _, state_m = fresh_state(mesh)
-    step_m = make_update_step(graphdef, UCFG, state_m, mesh=mesh, critic_graphdef=cgraphdef)
+    step_m = make_update_step(graphdef, UCFG, state_m, mesh=mesh, critic_graphdef=cgraphdef,
+                              compiler_options=FAST)
     new_m, metrics_m = step_m(state_m, batch, jax.random.key(0))
     assert max_change(new.params, fresh_state()[2].params) > 1e-2   # the step really moved
     for name in ("params", "opt_state", "critic_params", "critic_opt_state", "ref_params"):
@@ -120,7 +129,13 @@ def test_step_equals_hand_written_minibatch_loop(single):
                                   state.critic_opt_state)
     tx, ctx = make_optimizer(UCFG.optimizer), make_optimizer(UCFG.value.optimizer)
     grads_fn = jax.jit(lambda p, cp, mb: minibatch_grads(
-        graphdef, UCFG, p, mb, jnp.float32(0.1), critic_graphdef=cgraphdef, critic_params=cp))
+        graphdef, UCFG, p, mb, jnp.float32(0.1), critic_graphdef=cgraphdef, critic_params=cp),
+        compiler_options=FAST)
+
+    @functools.partial(jax.jit, static_argnums=0, compiler_options=FAST)
+    def apply(tx, g, opt, params):
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt
     data = dict(tokens=batch.tokens_NxL, positions=batch.positions_NxL, valid=batch.valid_NxL,
                 mask=batch.loss_mask_NxL, adv=batch.adv_NxL, logp_old=batch.logp_old_NxL,
                 logp_ref=batch.logp_ref_NxL, logp_sampler=batch.logp_sampler_NxL,
@@ -134,10 +149,8 @@ def test_step_equals_hand_written_minibatch_loop(single):
             mb.update(w=token_mean_weights(m), w_metric=token_mean_weights(m),
                       w_value=aggregation_weights(m, "token_mean"))
             g, cg, _, _ = grads_fn(params, cparams, mb)
-            upd, opt = tx.update(g, opt, params)
-            params = optax.apply_updates(params, upd)
-            cupd, copt = ctx.update(cg, copt, cparams)
-            cparams = optax.apply_updates(cparams, cupd)
+            params, opt = apply(tx, g, opt, params)
+            cparams, copt = apply(ctx, cg, copt, cparams)
     leaves_close(new.params, params, atol=1e-6)
     leaves_close(new.critic_params, cparams, atol=1e-6)
     assert int(new.opt_step) == UCFG.epochs * UCFG.minibatches == int(metrics["opt_steps"])
@@ -216,3 +229,17 @@ def test_refresh_reference_copies_policy(single):
     assert max_change(state.ref_params, state.params) > 1e-6
     with pytest.raises(ValueError, match="no reference"):
         refresh_reference(dataclasses.replace(state, ref_params=None))
+
+
+def test_train_state_checkpoint_round_trip(single, tmp_path):
+    from rlcot.checkpoint import Checkpointer
+    _, _, step, batch = single
+    state, _ = step(fresh_state()[2], batch, jax.random.key(0))
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(1, state, {"note": "rl"})
+    ckpt.wait()
+    got_step, restored, meta = ckpt.restore(fresh_state()[2])
+    ckpt.close()
+    assert got_step == 1 and meta == {"note": "rl"}
+    leaves_close(restored, state, atol=0)
+    assert int(restored.opt_step) == 4 and restored.critic_opt_state is not None
