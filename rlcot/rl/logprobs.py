@@ -10,6 +10,7 @@ rematerialised, so neither pass keeps [N, L, V] float32 logits alive: peak logit
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -78,6 +79,15 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_NxL: jax.Ar
 def batch_sharding(mesh: Mesh, rules: Any = TRAIN_RULES) -> NamedSharding:
     """Rows over the batch mesh axes ((data, fsdp) in training), everything else replicated."""
     return NamedSharding(mesh, logical_to_spec(("batch",), rules))
+
+
+def row_shards(mesh: Mesh | None, rules: Any = TRAIN_RULES) -> int:
+    """How many ways rows are split (the product of the batch mesh axes); 1 without a mesh."""
+    if mesh is None:
+        return 1
+    spec = logical_to_spec(("batch",), rules, mesh=mesh)[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    return math.prod(mesh.shape[a] for a in axes)
 
 
 def sharded_forward(fn: Callable, params_like: Any, mesh: Mesh | None,

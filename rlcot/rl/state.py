@@ -97,8 +97,9 @@ def _copy(tree: Any) -> Any:
 def init_train_state(cfg: UpdateConfig, params: Any, *, reference: bool = False,
                      critic_params: Any = None, mesh: Mesh | None = None,
                      rules: Any = TRAIN_RULES) -> TrainState:
-    """Fresh state around (already placed) parameters. reference: keep a frozen copy of
-    `params` as the KL reference. critic_params: needed iff `cfg.value` is set."""
+    """Fresh state around the parameters, placed in the training shardings when a mesh is
+    given. reference: keep a frozen copy of `params` as the KL reference. critic_params:
+    needed iff `cfg.value` is set."""
     if (cfg.value is None) != (critic_params is None):
         raise ValueError("critic_params must be given exactly when UpdateConfig.value is set "
                          f"(value={cfg.value}, critic_params given: {critic_params is not None})")
@@ -106,12 +107,15 @@ def init_train_state(cfg: UpdateConfig, params: Any, *, reference: bool = False,
     if cfg.value is not None:
         critic_opt = _init_opt(make_optimizer(cfg.value.optimizer), critic_params, mesh, rules)
     zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers: all are donated)
-    return TrainState(
+    state = TrainState(
         params=params, opt_state=_init_opt(make_optimizer(cfg.optimizer), params, mesh, rules),
         step=zero(), opt_step=zero(), kl_coef=jnp.asarray(cfg.objective.kl.coef, jnp.float32),
         nonfinite_streak=zero(), nonfinite_total=zero(),
         ref_params=_copy(params) if reference else None,
         critic_params=critic_params, critic_opt_state=critic_opt)
+    if mesh is not None:  # scalars (and anything not yet placed) onto the mesh, as the step expects
+        state = jax.device_put(state, train_state_shardings(state, mesh, rules))
+    return state
 
 
 def refresh_reference(state: TrainState) -> TrainState:

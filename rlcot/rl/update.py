@@ -13,7 +13,6 @@ and optimizer state stay as they were and the counters in the state record it.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable
 
 import jax
@@ -24,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlcot.rl.aggregation import aggregate, aggregation_weights, mask_truncated, token_mean_weights
 from rlcot.rl.batch import UpdateBatch
-from rlcot.rl.logprobs import batch_sharding, token_logprobs
+from rlcot.rl.logprobs import batch_sharding, row_shards, token_logprobs
 from rlcot.rl.losses import value_loss
 from rlcot.rl.metrics import finalize_metrics, reduce_metrics, token_metrics
 from rlcot.rl.objective import loss_terms, split_aux, token_objective
@@ -40,12 +39,7 @@ def _row_axes(mesh: Mesh, rules: Any) -> Any:
     return logical_to_spec(("batch",), rules, mesh=mesh)[0]
 
 
-def _row_shards(mesh: Mesh | None, rules: Any) -> int:
-    if mesh is None:
-        return 1
-    axes = _row_axes(mesh, rules)
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[a] for a in axes)
+_row_shards = row_shards  # old private name, still imported by rlcot.loop
 
 
 def _constrain_rows(x: jax.Array, row_axis: int, mesh: Mesh | None, rules: Any) -> jax.Array:
@@ -158,7 +152,6 @@ def _summarize(metrics_ExM: dict, applied_ExM: jax.Array) -> dict:
             out[k] = jnp.where(n_ok > 0, jnp.max(jnp.where(ok > 0, v, -jnp.inf)), jnp.max(v))
         else:
             out[k] = jnp.where(n_ok > 0, jnp.sum(jnp.where(ok > 0, v, 0.0)) / n_ok, jnp.mean(v))
-    out["grad_norm_max"] = jnp.max(metrics_ExM["grad_norm"])
     return out
 
 
@@ -178,8 +171,8 @@ def prepare_batch(cfg: UpdateConfig, batch: UpdateBatch, critic: bool = False) -
             "logp_sampler": batch.logp_sampler_NxL, "values_old": batch.values_old_NxL,
             "returns": batch.returns_NxL}
     obj = cfg.objective
-    needed = {"logp_ref": obj.kl.placement == "loss", "logp_sampler": obj.tis_cap is not None,
-              "values_old": critic, "returns": critic}
+    needed = {"logp_ref": obj.kl.placement == "loss" or obj.kl.controller == "adaptive",
+              "logp_sampler": obj.tis_cap is not None, "values_old": critic, "returns": critic}
     for name, need in needed.items():
         if need and data[name] is None:
             raise ValueError(f"the update config needs batch field {name}_NxL, which is None")
@@ -207,7 +200,7 @@ def _observed_kl(cfg: UpdateConfig, data: dict) -> jax.Array:
 def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: TrainState,
             batch: UpdateBatch, rng: jax.Array) -> tuple[TrainState, dict]:
     N, L = batch.tokens_NxL.shape
-    cfg.check_rows(N, _row_shards(mesh, rules))
+    cfg.check_rows(N, row_shards(mesh, rules))
     critic = state.critic_params is not None
     if critic != (cfg.value is not None):
         raise ValueError("the train state's critic does not match UpdateConfig.value")
@@ -224,7 +217,9 @@ def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: Tr
         grads, cgrads, loss, metrics = minibatch_grads(
             graphdef, cfg, params, mb, state.kl_coef, critic_graphdef=critic_graphdef,
             critic_params=cparams, mesh=mesh, rules=rules)
-        metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(opt_step))
+        grad_norm = optax.tree.norm(grads)
+        metrics.update(loss=loss, grad_norm=grad_norm, grad_norm_max=grad_norm,
+                       lr=schedule(opt_step))
         ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
         new = _apply(tx, grads, opt_state, params)
         if critic:
@@ -275,6 +270,7 @@ def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: Trai
     state_like: the state (or its abstract version) the step will see, for its shardings.
     compiler_options: XLA options for this step only, e.g. scheduler flags on accelerators, or
     {"xla_backend_optimization_level": 0} for tests on CPU (compiles ~3x faster).
+
     Metrics (replicated scalars; means over the applied optimizer steps): loss, pg_loss,
     kl_loss, entropy_loss (aggregated loss terms), kl_ref_mean, entropy_mean, approx_kl_mean,
     ratio_mean/min/max, clipped_low/high/dual_frac, adv_mean/std/min/max, tis_* (with TIS),

@@ -72,6 +72,10 @@ def test_prepare_batch_masks_truncated_rows_and_cleans_padding():
     with pytest.raises(ValueError, match="logp_ref_NxL"):
         prepare_batch(UpdateConfig(objective=ObjectiveConfig(
             kl=KLConfig(placement="loss", coef=0.1))), batch)
+    with pytest.raises(ValueError, match="logp_ref_NxL"):       # the controller needs it too
+        prepare_batch(UpdateConfig(objective=ObjectiveConfig(kl=KLConfig(
+            placement="reward", coef=0.1, controller="adaptive", target=1.0, horizon=10.0))),
+            batch)
     with pytest.raises(ValueError, match="values_old_NxL"):
         prepare_batch(UpdateConfig(value=ValueConfig()), batch, critic=True)
     with pytest.raises(ValueError, match="value aggregation"):
