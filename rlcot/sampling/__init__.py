@@ -2,8 +2,14 @@
 
     from rlcot.sampling import Sampler, SamplingSpec, trainer_batch
     sampler = Sampler(cfg, params, tokenizer=tok, mesh=mesh)
-    out = sampler.generate(prompts_BxP, lens_B, rng, num_samples=8,
-                           spec=SamplingSpec(max_new_tokens=512, temperature=1.0))
+    spec = SamplingSpec(max_new_tokens=512, temperature=1.0, stop_ids=tok.stop_ids,
+                        stop_strings=("</answer>",))
+    out = sampler.generate(prompts_BxP, lens_B, rng, num_samples=8, spec=spec)  # [B*8, 512]
+    batch = trainer_batch(out)          # prompt + completion rows for the trainer's forward
+    texts = sampler.texts(out, spec)    # for the reward functions
+
+Rows are prompt-major (row b * G + g). A row's random draws depend only on (rng, row, step),
+so results do not change with the batch's sharding.
 """
 
 from rlcot.sampling.decode import SamplingParams, to_sampling_params

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlcot.models.config import ModelConfig
-from rlcot.models.transformer import (Blocks, attention_probs, cache_bytes, embed_tokens,
-                                      layer_inputs, rms_norm, unembed)
+from rlcot.models.transformer import (Blocks, abstract_model, attention_probs, cache_bytes,
+                                      embed_tokens, layer_inputs, rms_norm, unembed)
 from rlcot.sharding import SAMPLE_RULES, named_sharding
 
 
@@ -69,25 +69,31 @@ def to_sampling_params(cfg: ModelConfig, params: nnx.State, mesh: jax.sharding.M
 
     With a mesh, every buffer lands directly in its sampling sharding (SAMPLE_RULES by default:
     no FSDP on parameters, heads over `tensor`), so the layers are never gathered on one device.
+    Compiled once per (config, mesh, rules): calling it after every training step is cheap.
     """
     if "blocks" not in params:
         raise KeyError(f"expected a Transformer state with 'blocks', got keys {list(params.keys())}")
-    blocks = params["blocks"]
-    top_vars = {k: v for k, v in params.items() if k != "blocks"}
+    rules = SAMPLE_RULES if rules is None else rules
+    convert = _converter(cfg, mesh, tuple(sorted(rules.items())) if mesh is not None else ())
+    return convert(params["blocks"], {k: v for k, v in params.items() if k != "blocks"})
 
+
+@functools.lru_cache(maxsize=None)
+def _converter(cfg: ModelConfig, mesh: jax.sharding.Mesh | None, rules_items: tuple):
     def convert(blocks, top_vars):
         layers = tuple(jax.tree.map(lambda v: _layer_slice(v, i), blocks, is_leaf=_is_var)
                        for i in range(cfg.n_layers))
         return SamplingParams({k: v.get_value() for k, v in top_vars.items()}, layers)
 
     if mesh is None:
-        return jax.jit(convert)(blocks, top_vars)
-    rules = SAMPLE_RULES if rules is None else rules
-    layer_sh = jax.tree.map(lambda v: _layer_sharding(v, mesh, rules), blocks, is_leaf=_is_var)
+        return jax.jit(convert)
+    rules = dict(rules_items)
+    abstract = abstract_model(cfg)[1]
+    layer_sh = jax.tree.map(lambda v: _layer_sharding(v, mesh, rules), abstract["blocks"],
+                            is_leaf=_is_var)
     top_sh = {k: named_sharding(mesh, v.axes, rules, v.get_value().shape)
-              for k, v in top_vars.items()}
-    shardings = SamplingParams(top_sh, (layer_sh,) * cfg.n_layers)
-    return jax.jit(convert, out_shardings=shardings)(blocks, top_vars)
+              for k, v in abstract.items() if k != "blocks"}
+    return jax.jit(convert, out_shardings=SamplingParams(top_sh, (layer_sh,) * cfg.n_layers))
 
 
 def cache_shapes(cfg: ModelConfig, rows: int, length: int, dtype: Any) -> DecodeCache:

@@ -112,7 +112,9 @@ def run(static: LoopStatic, sp: decode.SamplingParams, prompt_BxP: jax.Array,
         live_N = ~done_N
         tok_N = jnp.where(live_N, tok_N, static.pad_id)
         tokens, logp, slogp, lengths = bufs
-        write = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[:, None], t, 1)  # noqa: E731
+
+        def write(buf_NxT, x_N):
+            return jax.lax.dynamic_update_slice_in_dim(buf_NxT, x_N[:, None], t, 1)
         tokens = write(tokens, tok_N)
         logp = write(logp, jnp.where(live_N, logp_N, 0.0))
         slogp = write(slogp, jnp.where(live_N, slogp_N, 0.0))
