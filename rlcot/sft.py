@@ -65,7 +65,8 @@ class SFTConfig:
 
 
 def learning_rate_schedule(cfg: SFTConfig) -> optax.Schedule:
-    decay = optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.total_steps - cfg.warmup_steps, 1),
+    decay = optax.cosine_decay_schedule(cfg.learning_rate,
+                                        max(cfg.total_steps - cfg.warmup_steps, 1),
                                         alpha=cfg.end_lr_ratio)
     if not cfg.warmup_steps:
         return decay
@@ -94,7 +95,8 @@ def token_nll(graphdef: Any, params: Any, batch: dict[str, jax.Array],
     tokens before it (column 0 is zero), and the target mask as float32 weights."""
     tokens_BxT = jnp.asarray(batch["tokens_BxT"])
     valid_BxT = jnp.asarray(batch["valid_BxT"]).astype(bool)
-    weight_BxT = (jnp.asarray(batch["target_mask_BxT"]).astype(bool) & valid_BxT).astype(jnp.float32)
+    target_BxT = jnp.asarray(batch["target_mask_BxT"]).astype(bool)
+    weight_BxT = (target_BxT & valid_BxT).astype(jnp.float32)
     logits_BxTxV, _ = forward(graphdef, params, tokens_BxT, positions_from_mask(valid_BxT),
                               valid_BxT, None, remat)
     logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
@@ -116,7 +118,12 @@ def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int 
                     remat: bool = False) -> Callable:
     """A jitted `(graphdef, params, opt_state, batch) -> (params, opt_state, metrics)`;
     graphdef is static, params and opt_state are donated. metrics: loss (token mean over the
-    whole batch), target_tokens, grad_norm (before clipping)."""
+    whole batch), target_tokens, grad_norm (before clipping).
+
+    `batch` is one batch dict (split into `micro_batches` equal parts along B), or a tuple
+    of batch dicts of different widths (e.g. a batch's short rows and long rows, padded
+    separately): one update either way, normalised by the total target-token count.
+    """
 
     def step(graphdef, params, opt_state, batch):
         def sums(p, mb):
@@ -124,10 +131,16 @@ def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int 
             return (nll_BxT * weight_BxT).sum(), weight_BxT.sum()
 
         grad_fn = jax.value_and_grad(sums, has_aux=True)
-        B = batch["tokens_BxT"].shape[0]
-        if micro_batches == 1:
+        if isinstance(batch, (tuple, list)):
+            (nll_sum, count), grads = grad_fn(params, batch[0])
+            for part in batch[1:]:
+                (nll, n), g = grad_fn(params, part)
+                grads = jax.tree.map(jnp.add, grads, g)
+                nll_sum, count = nll_sum + nll, count + n
+        elif micro_batches == 1:
             (nll_sum, count), grads = grad_fn(params, batch)
         else:
+            B = batch["tokens_BxT"].shape[0]
             if B % micro_batches:
                 raise ValueError(f"a batch of {B} rows does not split into "
                                  f"{micro_batches} micro-batches")

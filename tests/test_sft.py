@@ -4,6 +4,7 @@ and one optimisation step."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from rlcot import sft
@@ -124,6 +125,20 @@ def test_one_step_reduces_loss_and_micro_batches_agree(model):
     np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # The same rows as two separately padded parts (widths 6 and 3): the same gradient. Plain
+    # SGD makes the parameter change the gradient itself (Adam's first step is ~lr * sign(g),
+    # which turns float rounding of near-zero gradients into changes of up to lr).
+    short = sft.collate([([5], [7, 7]), ([6], [8])], pad_id=0, eos_id=1)
+    long = sft.collate([([5, 6], [7, 8]), ([9], [10, 11, 12])], pad_id=0, eos_id=1, length=6)
+    assert short["tokens_BxT"].shape == (2, 4)
+    sgd = optax.sgd(1.0)
+    p4, _, m4 = sft.make_train_step(sgd)(graphdef, copy(params), sgd.init(params), batch)
+    p3, _, m3 = sft.make_train_step(sgd)(graphdef, copy(params), sgd.init(params), (long, short))
+    np.testing.assert_allclose(float(m3["loss"]), float(m1["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-6)
+    for a, b, p0 in zip(jax.tree.leaves(p4), jax.tree.leaves(p3), jax.tree.leaves(params)):
+        g4, g3 = np.asarray(a) - np.asarray(p0), np.asarray(b) - np.asarray(p0)
+        np.testing.assert_allclose(g3, g4, atol=1e-6 * max(1.0, float(np.abs(g4).max())))
     with pytest.raises(ValueError, match="micro-batches"):
         sft.make_train_step(opt, micro_batches=3)(graphdef, copy(params), opt.init(params), batch)
 

@@ -16,7 +16,7 @@ _EXPORTS = {
     "TaskConfig": "tasks", "Problem": "tasks", "problems": "tasks", "split_of": "tasks",
     "StyleRates": "solutions", "Style": "solutions", "write_solution": "solutions",
     "LANGUAGES": "solutions", "TARGET_LANGUAGE": "solutions", "SECOND_LANGUAGE": "solutions",
-    "WorldConfig": "corpus", "corpus": "corpus", "examples": "corpus", "prompt_text": "corpus",
+    "WorldConfig": "corpus", "build_corpus": "corpus", "examples": "corpus", "prompt_text": "corpus",
     "Document": "corpus",
     "extract_answer": "checks", "is_correct": "checks", "strict_format": "checks",
     "has_check_step": "checks", "second_language_share": "checks", "summarize": "checks",

@@ -18,7 +18,7 @@ from rlcot.toyworld.solutions import LANGUAGES, SECOND_LANGUAGE
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _WORD = re.compile(r"[^\W\d_]+")
-_CHECK_MARKERS = tuple(f"{words['check']}:" for words in LANGUAGES.values())
+_CHECK_WORDS = frozenset(words["check"] for words in LANGUAGES.values())
 _WORD_LANGUAGE = {w: lang for lang, words in LANGUAGES.items()
                   for phrase in words.values() for w in _WORD.findall(phrase.lower())}
 
@@ -75,9 +75,9 @@ def chain_of_thought(completion: str) -> str:
 
 
 def has_check_step(completion: str) -> bool:
-    """Whether the reasoning contains a checking pass ("check:" in any of the languages)."""
-    cot = chain_of_thought(completion)
-    return any(marker in cot for marker in _CHECK_MARKERS)
+    """Whether the reasoning contains a checking step: the word "check" (in any of the
+    world's languages) as a whole word."""
+    return any(w in _CHECK_WORDS for w in _WORD.findall(chain_of_thought(completion).lower()))
 
 
 def second_language_share(completion: str, language: str = SECOND_LANGUAGE) -> float:

@@ -87,7 +87,7 @@ class Document:
     labels: dict[str, bool]  # format, correct, flawed, check, mixed, verbose
 
 
-def corpus(world: WorldConfig, size: int | None = None) -> list[Document]:
+def build_corpus(world: WorldConfig, size: int | None = None) -> list[Document]:
     """The first `size` (default world.corpus_size) documents of the world's corpus."""
     size = world.corpus_size if size is None else size
     rng = np.random.default_rng([world.seed, _CORPUS_STREAM])

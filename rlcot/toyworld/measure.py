@@ -76,15 +76,16 @@ def rejection_finetune(model: BaseModel, world: WorldConfig, *, rounds: int = 4,
         t0 = time.perf_counter()
         exs = train[r * prompts_per_round:(r + 1) * prompts_per_round]
         prompts = [tok.encode(prompt_text(e["question"])) for e in exs]
-        samples = generate(model.cfg, model.graphdef, params, [p for p in prompts for _ in range(k)],
-                           max_new_tokens=max_new_tokens, eos_id=tok.eos_id, temperature=1.0,
-                           seed=seed * 1000 + r)
+        samples = generate(model.cfg, model.graphdef, params,
+                           [p for p in prompts for _ in range(k)], max_new_tokens=max_new_tokens,
+                           eos_id=tok.eos_id, temperature=1.0, seed=seed * 1000 + r)
         keep = []
         for i, e in enumerate(exs):
             good = []
             for c in samples[i * k:(i + 1) * k]:
                 text = tok.decode(c, skip_special=True)
-                if c and c[-1] == tok.eos_id and is_correct(text, e["answer"]) and strict_format(text):
+                finished = bool(c) and c[-1] == tok.eos_id
+                if finished and is_correct(text, e["answer"]) and strict_format(text):
                     good.append(c[:-1])
             if select == "shortest" and good:
                 good = [min(good, key=len)]
@@ -97,8 +98,7 @@ def rejection_finetune(model: BaseModel, world: WorldConfig, *, rounds: int = 4,
                                 length=width)
             params, opt_state, _ = step(model.graphdef, params, opt_state, batch)
         jax.block_until_ready(params)
-        entry = {"round": r + 1, "kept": len(keep), "sample_rate_correct": len(keep) / (k * len(exs))
-                 if select == "correct" else None, "sample_s": t1 - t0,
+        entry = {"round": r + 1, "kept": len(keep), "sample_s": t1 - t0,
                  "sft_s": time.perf_counter() - t1}
         if eval_examples is not None:
             entry["eval"] = measure(model, params, eval_examples, k=1,

@@ -1,16 +1,25 @@
-"""Worked solutions in the R1-Zero format: column steps, injected carry errors, a checking pass,
-a second "language" for the connective words, and a verbose style.
+"""Worked solutions in the R1-Zero format: column steps, injected carry errors, checking
+steps, a second "language" for the connective words, and a verbose style.
 
-A solution to 123+489 (English, one dropped carry, then a check that catches it):
+A solution to 123+489 with a dropped carry and no check (wrong), and with checks (right):
 
-    <think> 3+9=12 carry 1 so 2. 2+8=10 carry 1 so 02. 1+4+1=6 so 602.
-    check: 3+9=12 carry 1 so 2. 2+8+1=11 carry 1 so 12. 1+4+1=6 so 612. wrong.
-    </think> <answer> 612 </answer>
+    <think> first 3+9=12 carry 1 so 2. second 2+8=10 carry 1 so 02. third 1+4+1=6 so 602.
+    </think> <answer> 602 </answer>
 
-Each column step adds that column's digits (and the incoming carry), then writes the partial
-result so far, so the final number is copied from the last step rather than assembled in
-reverse. The check pass redoes the columns (in the same operand order, or reversed: a knob)
-and is never flawed; the answer is its result.
+    <think> first 3+9=12 carry 1 so 2. check first 3+9=12 carry 1 so 2. second 2+8=10 carry 1
+    so 02. check second 2+8+1=11 carry 1 so 12. third 1+4+1=6 so 612. check third 1+4+1=6 so
+    612. </think> <answer> 612 </answer>
+
+Each column step names its column, adds that column's digits (and the incoming carry), then
+writes the partial result so far, so the final number is copied from the last step rather
+than assembled in reverse. The column name is what a tiny model keys on to fetch the right
+digits from the question (without it, sampled steps fetched wrong digits far more often). A
+check redoes a step without dropping the carry and the solution continues from it
+(check_mode 'step'), or redoes all columns after the main pass, ending "ok."/"wrong."
+(check_mode 'pass'). Checks are never flawed: a checked solution is always right. The 'step'
+mode is the default because a tiny model executes it reliably: the digits to add are a few
+tokens back, whereas a late checking pass must fetch them from the question far away (the
+measured accuracy of sampled checked solutions was then *below* that of unchecked ones).
 """
 
 from __future__ import annotations
@@ -24,23 +33,29 @@ from rlcot.toyworld.tasks import Problem
 
 # Connective words of each language. Digits and symbols are shared: only these words tell the
 # languages apart. "xx" is the second language (Cyrillic script, so script detectors see it).
+# "columns" names the columns from the right (12 at most).
 LANGUAGES: dict[str, dict[str, str]] = {
     "en": {"carry": "carry", "so": "so", "check": "check", "ok": "ok", "wrong": "wrong",
-           "answer": "the answer is", "filler": "now I add the digits of the next column:"},
+           "answer": "the answer is", "filler": "now I add the digits of the next column:",
+           "columns": "first second third fourth fifth sixth seventh eighth ninth tenth "
+                      "eleventh twelfth"},
     "xx": {"carry": "перенос", "so": "итак", "check": "проверка", "ok": "верно",
-           "wrong": "ошибка", "answer": "ответ", "filler": "теперь я складываю цифры столбца:"},
+           "wrong": "ошибка", "answer": "ответ", "filler": "теперь я складываю цифры столбца:",
+           "columns": "первый второй третий четвертый пятый шестой седьмой восьмой девятый "
+                      "десятый одиннадцатый двенадцатый"},
 }
 TARGET_LANGUAGE = "en"
 SECOND_LANGUAGE = "xx"
+CHECK_MODES = ("step", "pass")
 
 
 @dataclasses.dataclass(frozen=True)
 class Style:
     """How one completion is written.
 
-    plain: no tags, just "the answer is N." (the answer is right). drop_carry_B: for each column
-    (right to left) whether its incoming carry is forgotten (only matters where there is one).
-    languages: language of each main-pass step (and then of each check step when checking).
+    plain: no tags, just "the answer is N." (the answer is right). drop_carry: for each column
+    (right to left) whether the main step forgets its incoming carry (only matters where
+    there is one). languages: language of each main step, then of each check step.
     """
 
     plain: bool = False
@@ -48,7 +63,12 @@ class Style:
     check: bool = False
     languages: tuple[str, ...] = ()
     verbose: bool = False
-    reverse_check: bool = False  # the check pass writes the operands in reverse order
+    reverse_check: bool = False  # checks write the operands in reverse order
+    check_mode: str = "step"     # 'step': check each step right after it; 'pass': at the end
+
+    def __post_init__(self):
+        if self.check_mode not in CHECK_MODES:
+            raise ValueError(f"check_mode must be one of {CHECK_MODES}, got {self.check_mode!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,37 +87,42 @@ def _digits(x: int, n: int) -> list[int]:
     return [(x // 10 ** i) % 10 for i in range(n)]
 
 
+def column_step(problem: Problem, i: int, carry: int, partial: str, drop: bool, reverse: bool,
+                language: str, verbose: bool) -> tuple[str, int, str, bool]:
+    """Column i (from the right) given the incoming carry and the digits written so far:
+    (text, outgoing carry, new partial result, whether a carry was dropped)."""
+    n, ops, words = problem.num_digits, problem.operands, LANGUAGES[language]
+    if problem.op == "add":
+        terms = [(x // 10 ** i) % 10 for x in ops]
+        terms = terms[::-1] if reverse else terms
+        expr, total = "+".join(str(t) for t in terms), sum(terms)
+    else:
+        a, m = (ops[0] // 10 ** i) % 10, ops[1]
+        expr, total = (f"{m}*{a}" if reverse else f"{a}*{m}"), a * m
+    dropped = bool(carry) and drop
+    if carry and not drop:
+        expr += f"+{carry}"
+        total += carry
+    last = i == n - 1
+    partial = (str(total) if last else str(total % 10)) + partial
+    carry = 0 if last else total // 10
+    text = f"{words['columns'].split()[i]} {expr}={total} "
+    if carry:
+        text += f"{words['carry']} {carry} "
+    text += f"{words['so']} {partial}."
+    if verbose:
+        text = f"{words['filler']} {text}"
+    return text, carry, partial, dropped
+
+
 def column_pass(problem: Problem, drop: Sequence[bool], reverse: bool,
                 languages: Sequence[str], verbose: bool) -> tuple[list[str], int]:
     """The column steps of one pass and the number it arrives at."""
-    n = problem.num_digits
-    ops = problem.operands
-    cols = [_digits(x, n) for x in ops]
     carry, partial, steps = 0, "", []
-    for i in range(n):
-        words = LANGUAGES[languages[i]]
-        if problem.op == "add":
-            terms = [c[i] for c in cols]
-            terms = terms[::-1] if reverse else terms
-            expr = "+".join(str(t) for t in terms)
-            total = sum(terms)
-        else:
-            a, m = cols[0][i], ops[1]
-            expr = f"{m}*{a}" if reverse else f"{a}*{m}"
-            total = a * m
-        if carry and not drop[i]:
-            expr += f"+{carry}"
-            total += carry
-        last = i == n - 1
-        partial = (str(total) if last else str(total % 10)) + partial
-        carry = 0 if last else total // 10
-        step = f"{expr}={total} "
-        if carry:
-            step += f"{words['carry']} {carry} "
-        step += f"{words['so']} {partial}."
-        if verbose:
-            step = f"{words['filler']} {step}"
-        steps.append(step)
+    for i in range(problem.num_digits):
+        text, carry, partial, _ = column_step(problem, i, carry, partial, drop[i], reverse,
+                                              languages[i], verbose)
+        steps.append(text)
     return steps, int(partial)
 
 
@@ -112,19 +137,32 @@ def write_solution(problem: Problem, style: Style) -> Solution:
         raise ValueError(f"style for a {n}-column problem needs {n} drop_carry flags and "
                          f"{n_steps} step languages, got {len(style.drop_carry)} and "
                          f"{len(style.languages)}")
-    steps, result = column_pass(problem, style.drop_carry, False, style.languages[:n],
-                                style.verbose)
-    flawed = result != gold
-    stated = result
-    if style.check:
-        check_steps, checked = column_pass(problem, [False] * n, style.reverse_check,
-                                           style.languages[n:], style.verbose)
-        words = LANGUAGES[style.languages[n]]
-        verdict = words["ok"] if checked == result else words["wrong"]
-        steps.append(f"{words['check']}: " + " ".join(check_steps) + f" {verdict}.")
-        stated = checked
+    langs = style.languages
+    if style.check and style.check_mode == "step":
+        # Each step is followed by its check, which redoes it without dropping the carry;
+        # the solution continues from the checked step.
+        steps, carry, partial, flawed = [], 0, "", False
+        for i in range(n):
+            text, _, _, dropped = column_step(problem, i, carry, partial, style.drop_carry[i],
+                                              False, langs[i], style.verbose)
+            check, carry, partial, _ = column_step(problem, i, carry, partial, False,
+                                                   style.reverse_check, langs[n + i],
+                                                   style.verbose)
+            steps += [text, f"{LANGUAGES[langs[n + i]]['check']} {check}"]
+            flawed |= dropped
+        stated = int(partial)
+    else:
+        steps, stated = column_pass(problem, style.drop_carry, False, langs[:n], style.verbose)
+        flawed = stated != gold
+        if style.check:  # one checking pass over all columns after the main pass
+            check_steps, checked = column_pass(problem, [False] * n, style.reverse_check,
+                                               langs[n:], style.verbose)
+            words = LANGUAGES[langs[n]]
+            verdict = words["ok"] if checked == stated else words["wrong"]
+            steps.append(f"{words['check']} " + " ".join(check_steps) + f" {verdict}.")
+            stated = checked
     text = f" <think> {' '.join(steps)} </think> <answer> {stated} </answer>"
-    second = sum(lang != TARGET_LANGUAGE for lang in style.languages)
+    second = sum(lang != TARGET_LANGUAGE for lang in langs)
     return Solution(text, stated, stated == gold, flawed, style.check, second, n_steps)
 
 
@@ -138,7 +176,8 @@ class StyleRates:
     is in the second language with probability mix_share. verbose_rate: worked solutions
     with a filler phrase before each step (longer, equally correct). reverse_check_rate:
     checks that write the operands in reverse order (a re-computation that cannot copy the
-    main pass's expressions; harder for a tiny model to learn).
+    main step's expression; harder for a tiny model to learn). check_mode: see the module
+    docstring.
     """
 
     plain_rate: float = 0.1
@@ -148,9 +187,14 @@ class StyleRates:
     mix_share: float = 0.5
     verbose_rate: float = 0.0
     reverse_check_rate: float = 0.0
+    check_mode: str = "step"
 
     def __post_init__(self):
+        if self.check_mode not in CHECK_MODES:
+            raise ValueError(f"check_mode must be one of {CHECK_MODES}, got {self.check_mode!r}")
         for f in dataclasses.fields(self):
+            if f.name == "check_mode":
+                continue
             v = getattr(self, f.name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"StyleRates.{f.name} must be in [0, 1], got {v}")
@@ -171,4 +215,5 @@ def draw_style(rng: np.random.Generator, problem: Problem, rates: StyleRates) ->
     n_steps = n * (2 if check else 1)
     langs = tuple(SECOND_LANGUAGE if mixed and mix_u[k] else TARGET_LANGUAGE
                   for k in range(n_steps))
-    return Style(plain, tuple(bool(d) for d in drop), check, langs, verbose, reverse)
+    return Style(plain, tuple(bool(d) for d in drop), check, langs, verbose, reverse,
+                 rates.check_mode)

@@ -7,10 +7,12 @@ import pytest
 from rlcot.toyworld.checks import (chain_of_thought, extract_answer, has_check_step, is_correct,
                                    second_language_share, strict_format, summarize, word_languages)
 
-GOOD = " <think> 3+9=12 carry 1 so 2. 2+8+1=11 carry 1 so 12. 1+4+1=6 so 612. </think> <answer> 612 </answer>"
+GOOD = (" <think> first 3+9=12 carry 1 so 2. second 2+8+1=11 carry 1 so 12. third 1+4+1=6 so "
+        "612. </think> <answer> 612 </answer>")
 WRONG = GOOD.replace("<answer> 612", "<answer> 602")
-CHECKED = (" <think> 3+9=12 carry 1 so 2. 2+8=10 carry 1 so 02. 1+4+1=6 so 602. check: 3+9=12 "
-           "carry 1 so 2. 2+8+1=11 carry 1 so 12. 1+4+1=6 so 612. wrong. </think> <answer> 612 </answer>")
+CHECKED = (" <think> first 3+9=12 carry 1 so 2. check first 3+9=12 carry 1 so 2. second 2+8=10 "
+           "carry 1 so 02. check second 2+8+1=11 carry 1 so 12. third 1+4+1=6 so 612. check "
+           "third 1+4+1=6 so 612. </think> <answer> 612 </answer>")
 
 
 def test_correctness():
@@ -28,7 +30,8 @@ def test_correctness():
     assert not is_correct("<answer> 612 </answer> <answer> 1 </answer>", "612")
     assert not is_correct("<answer>٦١٢</answer>", "612")  # Arabic-Indic digits are not ours
     big = "9" * 100_000  # compared as text, never converted to int
-    assert is_correct(f"<answer>{big}</answer>", big) and not is_correct(f"<answer>{big}</answer>", "9")
+    assert is_correct(f"<answer>{big}</answer>", big)
+    assert not is_correct(f"<answer>{big}</answer>", "9")
     with pytest.raises(ValueError, match="not an integer"):
         is_correct(GOOD, "six")
 
@@ -46,27 +49,30 @@ def test_format_and_extraction():
 
 def test_checking_steps_and_languages():
     assert has_check_step(CHECKED) and not has_check_step(GOOD)
-    assert has_check_step(" <think> 1+2=3 so 3. проверка: 2+1=3 итак 3. верно. </think>")
-    # A "check:" after the reasoning (in the answer) is not a checking step.
-    assert not has_check_step(" <think> 1+2=3 so 3. </think> <answer> check: 3 </answer>")
-    assert has_check_step("check: 1+2=3")  # untagged reasoning counts
+    assert has_check_step(" <think> first 1+2=3 so 3. проверка первый 1+2=3 итак 3. </think>")
+    assert has_check_step("<think> Check: 1+2=3 </think>")  # any case, any punctuation
+    assert not has_check_step("<think> checked checking rechecks </think>")  # whole words only
+    # A "check" after the reasoning (in the answer) is not a checking step.
+    assert not has_check_step(" <think> 1+2=3 so 3. </think> <answer> check 3 </answer>")
+    assert has_check_step("check 1+2=3")  # untagged reasoning counts
     assert second_language_share(GOOD) == 0.0
-    # Words of " 3+9=12 carry 1 итак 2. 2+8=10 перенос 1 so 02.": carry, итак, перенос, so ->
-    # 2 of 4 in the second language.
-    mixed = " <think> 3+9=12 carry 1 итак 2. 2+8=10 перенос 1 so 02. </think> <answer> 2 </answer>"
+    # Words of "first 3+9=12 carry 1 итак 2. второй 2+8=10 перенос 1 so 02.": first, carry,
+    # итак, второй, перенос, so -> 3 of 6 in the second language.
+    mixed = (" <think> first 3+9=12 carry 1 итак 2. второй 2+8=10 перенос 1 so 02. </think> "
+             "<answer> 2 </answer>")
     assert second_language_share(mixed) == 0.5
     # Unknown words count as words of no language: 1 of 3.
     assert second_language_share("<think> итак foo bar </think>") == pytest.approx(1 / 3)
     assert second_language_share("<think> 1+1=2 </think>") == 0.0  # no words
     assert word_languages()["перенос"] == "xx" and word_languages()["carry"] == "en"
-    assert chain_of_thought(GOOD).strip().startswith("3+9=12")
+    assert chain_of_thought(GOOD).strip().startswith("first 3+9=12")
 
 
 def test_unicode_and_huge_inputs_are_handled():
     weird = "<think> ✓ 😀 \u0000 \ud7ff 漢字 </think> <answer> 612 </answer>"
     assert is_correct(weird, "612") and strict_format(weird)
     assert second_language_share(weird) == 0.0  # 漢/字 are words of no language
-    huge = "<think> " + "carry 1 so 2. " * 7500 + "</think> <answer> 612 </answer>"
+    huge = "<think> " + "first 2+1=3 carry 1 so 2. " * 4000 + "</think> <answer> 612 </answer>"
     assert len(huge) > 100_000
     assert is_correct(huge, "612") and strict_format(huge) and not has_check_step(huge)
     assert second_language_share(huge) == 0.0

@@ -8,7 +8,7 @@ import pytest
 from rlcot.data.templates import R1_ZERO_TEMPLATE
 from rlcot.toyworld.checks import (has_check_step, is_correct, rates_of, second_language_share,
                                    strict_format)
-from rlcot.toyworld.corpus import WorldConfig, corpus, examples, prompt_text
+from rlcot.toyworld.corpus import WorldConfig, build_corpus, examples, prompt_text
 from rlcot.toyworld.dataset import ToyWorldSource, preference_pairs
 from rlcot.toyworld.solutions import StyleRates
 from rlcot.toyworld.tasks import TaskConfig
@@ -25,13 +25,13 @@ def _tol(p, n=N):
 
 @pytest.fixture(scope="module")
 def docs():
-    return corpus(WORLD)
+    return build_corpus(WORLD)
 
 
 def test_corpus_is_deterministic(docs):
-    again = corpus(WORLD, 100)
+    again = build_corpus(WORLD, 100)
     assert [d.completion for d in again] == [d.completion for d in docs[:100]]
-    other = corpus(dataclasses.replace(WORLD, seed=1), 100)
+    other = build_corpus(dataclasses.replace(WORLD, seed=1), 100)
     assert [d.completion for d in other] != [d.completion for d in docs[:100]]
 
 
@@ -63,7 +63,8 @@ def test_behaviour_rates_match_configuration(docs):
     carries = np.array([_has_internal_carry(_question(d)) for d in plain_pass])
     flawed = np.array([d.labels["flawed"] for d in plain_pass])
     assert not flawed[~carries].any()
-    assert 0.6 - _tol(0.6, carries.sum()) < flawed[carries].mean() < 0.84 + _tol(0.84, carries.sum())
+    n = carries.sum()
+    assert 0.6 - _tol(0.6, n) < flawed[carries].mean() < 0.84 + _tol(0.84, n)
     assert all(d.labels["flawed"] != d.labels["correct"] for d in plain_pass)
 
 
@@ -93,11 +94,11 @@ def test_labels_agree_with_checkers(docs):
 def test_zero_and_one_rates():
     world = dataclasses.replace(WORLD, corpus_size=200, rates=StyleRates(
         plain_rate=0.0, flaw_rate=0.0, check_rate=0.0, mix_rate=0.0, verbose_rate=0.0))
-    rates = rates_of([d.labels for d in corpus(world)])
+    rates = rates_of([d.labels for d in build_corpus(world)])
     assert rates == {"format": 1.0, "correct": 1.0, "flawed": 0.0, "check": 0.0, "mixed": 0.0,
                      "verbose": 0.0}
     world = dataclasses.replace(world, rates=StyleRates(plain_rate=1.0))
-    assert rates_of([d.labels for d in corpus(world)])["format"] == 0.0
+    assert rates_of([d.labels for d in build_corpus(world)])["format"] == 0.0
 
 
 def test_examples_and_source_schema():
@@ -110,7 +111,8 @@ def test_examples_and_source_schema():
     src = ToyWorldSource(WORLD, "test", 20)
     assert len(src) == 20 and src[:5] == ex and src.__getitems__([1, 3]) == [ex[1], ex[3]]
     train = ToyWorldSource(WORLD, "train", 200)
-    assert not {e["question"] for e in train} & {e["question"] for e in ToyWorldSource(WORLD, "test", 200)}
+    test = ToyWorldSource(WORLD, "test", 200)
+    assert not {e["question"] for e in train} & {e["question"] for e in test}
 
 
 def test_source_feeds_the_prompt_pipeline():
@@ -138,7 +140,8 @@ def test_preference_pairs(criterion):
     for p in pairs:
         assert p["chosen"] != p["rejected"] and p["prompt"] == prompt_text(p["question"])
         if criterion == "correct":
-            assert is_correct(p["chosen"], p["answer"]) and not is_correct(p["rejected"], p["answer"])
+            assert is_correct(p["chosen"], p["answer"])
+            assert not is_correct(p["rejected"], p["answer"])
         else:
             assert is_correct(p["chosen"], p["answer"]) and is_correct(p["rejected"], p["answer"])
         if criterion == "concise":

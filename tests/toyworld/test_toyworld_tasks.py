@@ -57,24 +57,34 @@ def test_worked_solution_text_by_hand():
     p = Problem("add", (123, 489))
     en = ("en",) * 3
     clean = write_solution(p, Style(drop_carry=(False,) * 3, languages=en))
-    assert clean.text == (" <think> 3+9=12 carry 1 so 2. 2+8+1=11 carry 1 so 12. 1+4+1=6 so 612."
-                          " </think> <answer> 612 </answer>")
+    assert clean.text == (" <think> first 3+9=12 carry 1 so 2. second 2+8+1=11 carry 1 so 12. "
+                          "third 1+4+1=6 so 612. </think> <answer> 612 </answer>")
     assert (clean.stated, clean.correct, clean.flawed, clean.checked) == (612, True, False, False)
     # Dropping the carry into the tens: 2+8=10 (not 11), so 602.
     flawed = write_solution(p, Style(drop_carry=(False, True, False), languages=en))
-    assert "2+8=10 carry 1 so 02." in flawed.text and flawed.stated == 602
+    assert "second 2+8=10 carry 1 so 02." in flawed.text and flawed.stated == 602
     assert (flawed.correct, flawed.flawed) == (False, True)
-    # The check redoes the columns without dropping a carry and corrects the answer.
+    # Step checks redo each step without dropping the carry; the solution goes on from them.
     checked = write_solution(p, Style(drop_carry=(False, True, False), check=True,
-                                      languages=en + ("xx",) * 3))
-    assert ("so 602. проверка: 3+9=12 перенос 1 итак 2. 2+8+1=11 перенос 1 итак 12. "
-            "1+4+1=6 итак 612. ошибка. </think> <answer> 612 </answer>") in checked.text
+                                      languages=en + ("en", "xx", "en")))
+    assert checked.text == (
+        " <think> first 3+9=12 carry 1 so 2. check first 3+9=12 carry 1 so 2. second 2+8=10 "
+        "carry 1 so 02. проверка второй 2+8+1=11 перенос 1 итак 12. third 1+4+1=6 so 612. "
+        "check third 1+4+1=6 so 612. </think> <answer> 612 </answer>")
+    assert (checked.stated, checked.correct, checked.flawed) == (612, True, True)
+    assert checked.checked and checked.second_language_steps == 1 and checked.steps == 6
+    # A checking pass after the main pass, with a verdict; optionally with reversed operands.
+    passed = write_solution(p, Style(drop_carry=(False, True, False), check=True,
+                                     languages=en + ("xx",) * 3, check_mode="pass"))
+    assert ("so 602. проверка первый 3+9=12 перенос 1 итак 2. второй 2+8+1=11 перенос 1 итак "
+            "12. третий 1+4+1=6 итак 612. ошибка. </think> <answer> 612 </answer>") in passed.text
+    assert (passed.stated, passed.correct, passed.flawed) == (612, True, True)
     reverse = write_solution(p, Style(drop_carry=(False,) * 3, check=True, languages=en * 2,
-                                      reverse_check=True))
-    assert ("so 612. check: 9+3=12 carry 1 so 2. 8+2+1=11 carry 1 so 12. 4+1+1=6 so 612. ok."
-            in reverse.text)
-    assert (checked.stated, checked.correct, checked.flawed, checked.checked) == (612, True, True, True)
-    assert checked.second_language_steps == 3 and checked.steps == 6
+                                      reverse_check=True, check_mode="pass"))
+    assert ("so 612. check first 9+3=12 carry 1 so 2. second 8+2+1=11 carry 1 so 12. third "
+            "4+1+1=6 so 612. ok." in reverse.text)
+    with pytest.raises(ValueError, match="check_mode"):
+        Style(check_mode="later")
     plain = write_solution(p, Style(plain=True))
     assert plain.text == " the answer is 612." and plain.correct
     verbose = write_solution(p, Style(drop_carry=(False,) * 3, languages=en, verbose=True))
@@ -85,8 +95,8 @@ def test_worked_solution_text_by_hand():
 
 def test_multiplication_steps():
     steps, result = column_pass(Problem("mul", (4829, 7)), [False] * 4, False, ["en"] * 4, False)
-    assert steps == ["9*7=63 carry 6 so 3.", "2*7+6=20 carry 2 so 03.", "8*7+2=58 carry 5 so 803.",
-                     "4*7+5=33 so 33803."]
+    assert steps == ["first 9*7=63 carry 6 so 3.", "second 2*7+6=20 carry 2 so 03.",
+                     "third 8*7+2=58 carry 5 so 803.", "fourth 4*7+5=33 so 33803."]
     assert result == 33803 == 4829 * 7
 
 
@@ -98,9 +108,12 @@ def test_every_clean_or_checked_solution_is_right():
             style = draw_style(rng, p, StyleRates(plain_rate=0.0, flaw_rate=0.0, check_rate=0.5,
                                                   mix_rate=0.5))
             assert write_solution(p, style).stated == p.answer
-            style = draw_style(rng, p, StyleRates(plain_rate=0.0, flaw_rate=1.0, check_rate=1.0))
-            sol = write_solution(p, style)
-            assert sol.stated == p.answer and sol.checked
+            for mode in ("step", "pass"):
+                style = draw_style(rng, p, StyleRates(plain_rate=0.0, flaw_rate=1.0,
+                                                      check_rate=1.0, check_mode=mode,
+                                                      reverse_check_rate=0.5))
+                sol = write_solution(p, style)
+                assert sol.stated == p.answer and sol.checked
 
 
 def test_style_draws_do_not_shift_when_a_rate_changes():
