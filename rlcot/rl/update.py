@@ -39,7 +39,6 @@ def _row_axes(mesh: Mesh, rules: Any) -> Any:
     return logical_to_spec(("batch",), rules, mesh=mesh)[0]
 
 
-_row_shards = row_shards  # old private name, still imported by rlcot.loop
 
 
 def _constrain_rows(x: jax.Array, row_axis: int, mesh: Mesh | None, rules: Any) -> jax.Array:

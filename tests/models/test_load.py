@@ -1,5 +1,7 @@
 """load_model dispatches on the source string and fails clearly on bad ones."""
 
+from pathlib import Path
+
 import pytest
 
 from rlcot.models.load import load_model
@@ -26,3 +28,23 @@ def test_bad_sources(source, error):
 def test_smollm2_comes_with_its_tokenizer():
     m = load_model("gguf:smollm2")
     assert m.cfg.n_layers == 30 and m.tokenizer.vocab_size == 49152
+
+
+def test_hub_ids_download_and_local_paths_do_not(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from rlcot.models.load import hf_model_dir
+    calls = []
+
+    def fake_download(repo_id, allow_patterns):
+        calls.append(repo_id)
+        if repo_id == "org/missing":
+            raise OSError("no such repo")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    assert hf_model_dir(str(tmp_path)) == tmp_path and calls == []  # local: as given
+    assert hf_model_dir("Qwen/Qwen2.5-0.5B") == tmp_path and calls == ["Qwen/Qwen2.5-0.5B"]
+    with pytest.raises(FileNotFoundError, match="org/missing.*OSError: no such repo"):
+        hf_model_dir("org/missing")
+    assert hf_model_dir("./not/a/dir/x") == Path("./not/a/dir/x")  # not a Hub id: no download
