@@ -56,19 +56,19 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
              policy.cfg.num_params(), dict(mesh.shape), pipeline.num_kept)
 
     # ---- Train state and the compiled functions ------------------------------------------------
-    obj = rc.update.objective
+    obj = rc.learner.objective
     needs_ref = obj.kl.placement != "none"
     critic_graphdef = critic_params = None
-    if rc.update.value is not None:
+    if rc.learner.value is not None:
         critic_graphdef, critic_params = init_value_params(
             policy.cfg, rc.seed, mesh=mesh, body_params=policy.params)
-    state = init_train_state(rc.update, policy.params, reference=needs_ref,
+    state = init_train_state(rc.learner, policy.params, reference=needs_ref,
                              critic_params=critic_params, mesh=mesh)
     state = jax.device_put(state, train_state_shardings(state, mesh))  # scalars on the mesh too
-    update = make_update_step(policy.graphdef, rc.update, state, mesh=mesh,
+    update = make_update_step(policy.graphdef, rc.learner, state, mesh=mesh,
                               critic_graphdef=critic_graphdef)
     logprob_fn = make_logprob_fn(policy.graphdef, policy.params, mesh=mesh,
-                                 chunk=rc.update.logprob_chunk)
+                                 chunk=rc.learner.logprob_chunk)
     value_fn = (make_value_fn(critic_graphdef, critic_params, mesh=mesh)
                 if critic_params is not None else None)
     sampler = Sampler(policy.cfg, state.params, tokenizer=tokenizer, mesh=mesh)
@@ -81,7 +81,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
                         top_k=ro.top_k, top_p=ro.top_p, min_p=ro.min_p,
                         stop_ids=tuple(tokenizer.stop_ids), stop_strings=ro.stop_strings)
     G = ro.num_samples
-    rc.update.check_rows(rc.data.batch_prompts * G, row_shards=row_shards(mesh, TRAIN_RULES))
+    rc.learner.check_rows(rc.data.batch_prompts * G, row_shards=row_shards(mesh, TRAIN_RULES))
 
     # ---- Resume --------------------------------------------------------------------------------
     ckpt = Checkpointer(workdir, max_to_keep=rc.train.keep_checkpoints)
@@ -147,7 +147,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
                 state, update_metrics = update(state, batch, jax.random.fold_in(key, 1))
                 update_metrics = jax.device_get(update_metrics)
                 sampler.update_params(state.params)
-            check_nonfinite(update_metrics["nonfinite_streak"], rc.update)
+            check_nonfinite(update_metrics["nonfinite_streak"], rc.learner)
         if rc.train.ref_refresh_every and needs_ref and (step + 1) % rc.train.ref_refresh_every == 0:
             state = refresh_reference(state)
 
@@ -174,6 +174,9 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     pool.close()
     summary = summarize(workdir, rc, wall_s=time.perf_counter() - t_run, resumed_from=start)
     write_json(workdir / "summary.json", summary)
+    table = results_table(summary)
+    (workdir / "results.md").write_text(table + "\n")
+    log.info("held-out results (before -> after RL):\n%s", table)
     labels = [s.label for s in eval_sets]
     panels = [(title, [k.format(label=lab) for k in keys for lab in (labels or [""])])
               for title, keys in PLOT_PANELS]
@@ -241,3 +244,34 @@ def summarize(workdir: Path, rc: Any, *, wall_s: float, resumed_from: int) -> di
     }
 
 
+
+
+# Rows of results.md first, in this order (then every other eval metric, sorted).
+HEADLINE = ("greedy/pass@1", "sampled/avg@{k}", "sampled/pass@{k}", "greedy/len", "sampled/len",
+            "greedy/check_rate", "greedy/second_language", "greedy/format", "sampled/format")
+
+
+def results_table(summary: dict[str, Any]) -> str:
+    """results.md: each eval metric before and after RL (percentages for rates)."""
+    before, after = summary["eval_before"], summary["eval_after"]
+    keys = list(dict.fromkeys([*before, *after]))
+    labels = list(dict.fromkeys(k.split("/", 1)[0] for k in keys))
+    ks = sorted({int(k.rsplit("@", 1)[1]) for k in keys if "pass@" in k or "avg@" in k} or {1})
+
+    def order(key: str) -> tuple:
+        label, metric = key.split("/", 1)
+        heads = [h.format(k=ks[-1]) for h in HEADLINE]
+        return (labels.index(label), heads.index(metric) if metric in heads else len(heads),
+                metric)
+
+    def fmt(key: str, v: Any) -> str:
+        if v is None:
+            return "-"
+        rate = not key.endswith(("/len", "/seconds"))
+        return f"{100 * v:.1f}" if rate else f"{v:.1f}"
+
+    lines = ["| metric | before | after |", "|---|---:|---:|"]
+    for key in sorted(keys, key=order):
+        unit = "" if key.endswith(("/len", "/seconds")) else " (%)"
+        lines.append(f"| {key}{unit} | {fmt(key, before.get(key))} | {fmt(key, after.get(key))} |")
+    return "\n".join(lines)

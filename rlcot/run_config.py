@@ -153,14 +153,14 @@ class RunConfig:
     rollout: RolloutSection
     rewards: Mapping[str, Any]
     advantage: AdvantageConfig
-    update: UpdateConfig
+    learner: UpdateConfig
     train: TrainSection
     eval: Mapping[str, Any]
     world: Mapping[str, Any]
 
 
 SECTIONS = {"mesh": MeshConfig, "model": ModelSection, "data": DataSection,
-            "rollout": RolloutSection, "advantage": AdvantageConfig, "update": UpdateConfig,
+            "rollout": RolloutSection, "advantage": AdvantageConfig, "learner": UpdateConfig,
             "train": TrainSection}
 FREEFORM = ("rewards", "eval", "world")  # validated by their own packages
 
@@ -179,3 +179,52 @@ def resolve(config: Any) -> RunConfig:
     return RunConfig(seed=int(values.get("seed", 0)), rewards=values["rewards"],
                      eval=values.get("eval") or {}, world=values.get("world") or {},
                      **sections)
+
+
+_SCALARS = (bool, int, float, str)
+
+
+def _as_config(obj: Any) -> Any:
+    """A dataclass instance as a ConfigDict of all its init fields (recursively). A None field
+    of a simple type becomes a typed placeholder, so `--config.KEY=VALUE` can still set it."""
+    from ml_collections import config_dict
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    hints = typing.get_type_hints(type(obj))
+    out = config_dict.ConfigDict()
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        value = getattr(obj, f.name)
+        if value is None:
+            simple = [a for a in typing.get_args(hints.get(f.name)) if a in _SCALARS]
+            value = config_dict.placeholder(simple[0]) if len(simple) == 1 else None
+        out[f.name] = _as_config(value)
+    return out
+
+
+def default_config() -> Any:
+    """A ConfigDict holding every field of every section at its default: experiment files start
+    from it and change what they study, and every knob can be overridden by name from the
+    command line (`--config.learner.objective.policy.eps_high=0.28`). The free-form sections
+    (rewards, eval, world) start empty."""
+    from ml_collections import config_dict
+    c = config_dict.ConfigDict()
+    c.name = ""
+    c.seed = 0
+    for name, cls in SECTIONS.items():
+        c[name] = _as_config(cls())
+    c.rewards = config_dict.ConfigDict()
+    c.eval = config_dict.ConfigDict()
+    c.world = config_dict.ConfigDict()
+    return c
+
+
+def toyworld_defaults() -> Any:
+    """config.world for the toy world with every WorldConfig / PretrainConfig field spelt out."""
+    from ml_collections import config_dict
+
+    from rlcot.toyworld.corpus import WorldConfig
+    from rlcot.toyworld.pretrain import PretrainConfig
+    return config_dict.ConfigDict({"world": _as_config(WorldConfig()),
+                                   "pretrain": _as_config(PretrainConfig())})

@@ -30,7 +30,7 @@ def tiny_config(steps: int = 3) -> mlc.ConfigDict:
     # Rewards that vary even for an untrained model, so every step has a learning signal.
     c.rewards = {"r1_tag_count": 1.0, "repetition_penalty": 1.0}
     c.advantage = dict(estimator="grpo")
-    c.update = dict(objective=dict(policy=dict(name="ppo_clip", eps_high=0.28)),
+    c.learner = dict(objective=dict(policy=dict(name="ppo_clip", eps_high=0.28)),
                     optimizer=dict(lr=3e-4), micro_batches=2, epochs=2)
     c.train = dict(steps=steps, checkpoint_every=1, reward_workers=0)
     c.eval = dict(datasets=("toyworld:test:8",), template="r1_zero", instruction="",
