@@ -5,8 +5,9 @@
 # A pod:      gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all \
 #               --command="git clone REPO rlcot && cd rlcot && bash tpu_setup.sh"
 # then run the same experiment command on every worker (--worker=all); rlcot.main calls
-# jax.distributed.initialize(), which discovers the other hosts from the TPU metadata, and each
-# host reads its own shard of the data (grain shards by jax.process_index()).
+# jax.distributed.initialize(), which discovers the other hosts from the TPU metadata. Every
+# host draws the same global prompt batch (the pipeline is deterministic in the seed) and
+# jax places each host's shards of it on that host's devices.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh tpu

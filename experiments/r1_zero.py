@@ -1,7 +1,7 @@
 """R1-Zero: RL with GRPO straight from a base model, the R1-Zero template and rule rewards
 (answer accuracy + format), then the held-out table and plots.
 
-Default (the toy world on CPU: a 0.6M-parameter base model pre-trained on column-addition
+Default (the toy world on CPU: a 0.44M-parameter base model pre-trained on column-addition
 worked solutions, many with dropped carries, some with checking steps or in a second
 "language"; cached after the first run):
 
@@ -10,6 +10,7 @@ worked solutions, many with dropped carries, some with checking steps or in a se
 Variants (`--config experiments/r1_zero.py:VARIANT`):
 
     toy            the default above
+    toy_checks     the same, but the base model's main pass always drops carries (flaw_rate 1)
     smollm2_smoke  a few RL steps of SmolLM2-135M-Instruct (the offline GGUF) on GSM8K, CPU
     qwen_math_1.5b Qwen2.5-Math-1.5B on MATH train; eval GSM8K test and MATH-500 (accelerator)
     qwen_0.5b      Qwen2.5-0.5B-Instruct on GSM8K train; same evals (accelerator)
@@ -18,7 +19,29 @@ Any field can be overridden: `--config.seed=1 --config.train.steps=40`. The run 
 config.json, metrics.jsonl, tensorboard/, eval/stepNNNNNN.md, summary.json, curves.png and
 checkpoints under --workdir, and resumes from it when started again with the same command.
 
-RESULTS_PLACEHOLDER
+Measured (2 CPU cores, float32, 2026-11-24; base-model pre-training 286 s once, then cached;
+RL 40 steps + 5 evaluations: 201 s / 214 s / 211 s of loop wall time, 3 min 49 s to 4 min 12 s
+per command; update 41%, evaluation 29%, rollout 19%, log-probs 10% of the loop's time).
+The three seeds share the base model (the world and pre-training seeds are config.world's);
+config.seed drives RL sampling, data order and the sampled evaluation:
+
+| held-out (256 problems) | base model | seed 0 | seed 1 | seed 2 |
+|---|---:|---:|---:|---:|
+| greedy pass@1 (%) | 31.2 | 99.6 | 99.2 | 99.6 |
+| sampled pass@1 = avg@8 (%) | 43.5 / 41.4 / 43.1 | 88.5 | 86.3 | 86.3 |
+| pass@8 (%) | 93.4 / 91.8 / 91.4 | 100.0 | 100.0 | 100.0 |
+| mean response tokens (greedy) | 53.1 | 55.3 | 55.3 | 55.3 |
+| mean response tokens (sampled) | 57.9 / 57.0 / 56.4 | 55.9 | 56.2 | 55.4 |
+| checking-step rate, greedy (%) | 0.0 | 0.0 | 0.0 | 0.0 |
+| second-language word share, greedy (%) | 0.0 | 0.0 | 0.0 | 0.0 |
+| format compliance, greedy (%) | 100.0 | 100.0 | 100.0 | 100.0 |
+| format compliance, sampled (%) | 88.4 / 86.6 / 86.6 | 99.3 | 99.2 | 98.6 |
+
+Greedy accuracy rises by 68.0, 68.0 and 68.4 points. Re-running seed 0 gave the same
+metrics.jsonl, every non-timing value equal, and the same results.md. What RL found here is
+the cheapest fix: stop dropping carries in the main pass. It did not take up the checking
+steps (their greedy rate stays 0) and responses did not grow; the `toy_checks` variant
+removes that shortcut (see below).
 """
 
 from __future__ import annotations
@@ -27,7 +50,7 @@ from ml_collections import config_dict
 
 from rlcot import run_config
 
-VARIANTS = ("toy", "smollm2_smoke", "qwen_math_1.5b", "qwen_0.5b")
+VARIANTS = ("toy", "toy_checks", "smollm2_smoke", "qwen_math_1.5b", "qwen_0.5b")
 
 
 def _common() -> config_dict.ConfigDict:
@@ -69,6 +92,15 @@ def toy() -> config_dict.ConfigDict:
     c.eval = dict(datasets=("toyworld:test:256",), template="r1_zero", instruction="",
                   max_new_tokens=160, greedy=True, num_samples=8, temperature=1.0,
                   batch_size=256, reward_workers=0)
+    return c
+
+
+def toy_checks() -> config_dict.ConfigDict:
+    """The toy world where the main pass always forgets carries: only solutions with checking
+    steps get carry problems right, so reward can only rise through checking (and longer
+    responses)."""
+    c = toy()
+    c.world.world.rates.flaw_rate = 1.0
     return c
 
 
@@ -129,6 +161,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     variant = arg or "toy"
     if variant == "toy":
         return toy()
+    if variant == "toy_checks":
+        return toy_checks()
     if variant == "smollm2_smoke":
         return smollm2_smoke()
     if variant == "qwen_math_1.5b":

@@ -252,9 +252,10 @@ HEADLINE = ("greedy/pass@1", "sampled/avg@{k}", "sampled/pass@{k}", "greedy/len"
 
 
 def results_table(summary: dict[str, Any]) -> str:
-    """results.md: each eval metric before and after RL (percentages for rates)."""
+    """results.md: each eval metric before and after RL (percentages for rates). Timings are
+    left out, so a re-run of the same config and seed gives the same table."""
     before, after = summary["eval_before"], summary["eval_after"]
-    keys = list(dict.fromkeys([*before, *after]))
+    keys = [k for k in dict.fromkeys([*before, *after]) if not k.endswith("/seconds")]
     labels = list(dict.fromkeys(k.split("/", 1)[0] for k in keys))
     ks = sorted({int(k.rsplit("@", 1)[1]) for k in keys if "pass@" in k or "avg@" in k} or {1})
 
@@ -267,11 +268,11 @@ def results_table(summary: dict[str, Any]) -> str:
     def fmt(key: str, v: Any) -> str:
         if v is None:
             return "-"
-        rate = not key.endswith(("/len", "/seconds"))
+        rate = not key.endswith("/len")
         return f"{100 * v:.1f}" if rate else f"{v:.1f}"
 
     lines = ["| metric | before | after |", "|---|---:|---:|"]
     for key in sorted(keys, key=order):
-        unit = "" if key.endswith(("/len", "/seconds")) else " (%)"
+        unit = "" if key.endswith("/len") else " (%)"
         lines.append(f"| {key}{unit} | {fmt(key, before.get(key))} | {fmt(key, after.get(key))} |")
     return "\n".join(lines)

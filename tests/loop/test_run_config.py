@@ -56,7 +56,7 @@ def test_bad_keys_and_values_fail_by_name():
         run_config.resolve(c)
 
 
-@pytest.mark.parametrize("variant", [None, "toy", "smollm2_smoke", "qwen_math_1.5b",
+@pytest.mark.parametrize("variant", [None, "toy", "toy_checks", "smollm2_smoke", "qwen_math_1.5b",
                                      "qwen_0.5b"])
 def test_r1_zero_variants_resolve(variant):
     mod = _experiment("r1_zero")
@@ -65,7 +65,7 @@ def test_r1_zero_variants_resolve(variant):
     assert set(rc.rewards) == {"accuracy", "format"}
     rows = rc.data.batch_prompts * rc.rollout.num_samples
     rc.learner.check_rows(rows)  # splits into minibatches x micro-batches
-    if variant in (None, "toy"):
+    if variant in (None, "toy", "toy_checks"):
         assert rc.model.source == "toyworld" and rc.eval["datasets"] == ("toyworld:test:256",)
 
 
@@ -76,7 +76,7 @@ def test_r1_zero_rejects_unknown_variants():
 
 def test_results_table():
     before = {"t/greedy/pass@1": 0.3125, "t/sampled/pass@8": 0.9, "t/greedy/len": 53.14,
-              "t/greedy/check_rate": 0.0, "t/zeta": 0.5}
+              "t/greedy/check_rate": 0.0, "t/zeta": 0.5, "t/seconds": 20.9}
     after = {"t/greedy/pass@1": 1.0, "t/sampled/pass@8": 1.0, "t/greedy/len": 55.0,
              "t/greedy/check_rate": 0.0}
     lines = results_table({"eval_before": before, "eval_after": after}).splitlines()
