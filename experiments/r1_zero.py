@@ -41,7 +41,27 @@ Greedy accuracy rises by 68.0, 68.0 and 68.4 points. Re-running seed 0 gave the 
 metrics.jsonl, every non-timing value equal, and the same results.md. What RL found here is
 the cheapest fix: stop dropping carries in the main pass. It did not take up the checking
 steps (their greedy rate stays 0) and responses did not grow; the `toy_checks` variant
-removes that shortcut (see below).
+removes that shortcut.
+
+`toy_checks` (the base model's main pass always forgets carries, so on problems with a carry
+only solutions with checking steps are right; seed 0, measured the same day: 10 min 7 s for
+the command including the new base model's 293 s of pre-training, 276 s of RL loop):
+
+| held-out (256 problems) | base model | after 40 RL steps |
+|---|---:|---:|
+| greedy pass@1 (%) | 31.2 | 99.2 |
+| sampled pass@1 = avg@8 (%) | 37.9 | 87.2 |
+| pass@8 (%) | 83.2 | 100.0 |
+| mean response tokens (greedy) | 53.1 | 98.8 |
+| mean response tokens (sampled) | 57.6 | 98.0 |
+| checking-step rate, greedy (%) | 0.0 | 100.0 |
+| format compliance, greedy / sampled (%) | 100.0 / 88.5 | 100.0 / 97.8 |
+
+Here the R1-Zero phenomena show: the checking behaviour, present in 20% of the corpus and
+never chosen by greedy decoding before RL, becomes the policy's default, and responses grow
+from ~55 to ~99 tokens during training (plots: docs/r1_zero_toy_seed0.png,
+docs/r1_zero_toy_checks.png). The second-language share stays at 0 in both variants (no
+reward touches it).
 """
 
 from __future__ import annotations
