@@ -24,7 +24,8 @@ def tiny_config(steps: int = 3) -> mlc.ConfigDict:
     c.seed = 0
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.model = dict(source="toyworld")
-    c.world = dict(world=dict(corpus_size=2000), pretrain=dict(steps=30, batch_size=16))
+    c.world = dict(world=dict(corpus_size=2000),
+                   pretrain=dict(steps=30, batch_size=16, short_rows=8))
     c.data = dict(dataset="toyworld", batch_prompts=4, template=dict(name="r1_zero", instruction=""))
     c.rollout = dict(num_samples=4, max_new_tokens=48)
     # Rewards that vary even for an untrained model, so every step has a learning signal.
