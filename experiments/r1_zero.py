@@ -136,6 +136,10 @@ def smollm2_smoke() -> config_dict.ConfigDict:
     c.rollout.num_samples = 4
     c.rollout.max_new_tokens = 64
     c.learner.optimizer.lr = 1e-6
+    # Logits of 64 positions at a time (49,152-word vocabulary) and recomputed layer
+    # activations: keeps the CPU run's memory small.
+    c.learner.logprob_chunk = 64
+    c.learner.remat = True
     c.train.steps = 2
     c.train.checkpoint_every = 2
     c.train.reward_workers = 0
