@@ -27,14 +27,15 @@ import numpy as np
 import optax
 
 from rlcot.models.transformer import forward, positions_from_mask
+from rlcot.rl.optim import clipped_adamw
 
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-    """AdamW with linear warmup then cosine decay to end_lr_ratio * learning_rate at
-    total_steps. Weight decay skips norm scales. micro_batches: the batch is split along B
-    and gradients are summed, giving the same update as one pass (the loss is normalised by
-    the whole batch's target-token count)."""
+    """AdamW (rlcot.rl.optim.clipped_adamw) with linear warmup from 0 then cosine decay to
+    end_lr_ratio * learning_rate at total_steps. Weight decay skips norm scales and biases.
+    micro_batches: the batch is split along B and gradients are summed, giving the same
+    update as one pass (the loss is normalised by the whole batch's target-token count)."""
 
     learning_rate: float = 1e-3
     total_steps: int = 1000
@@ -74,19 +75,9 @@ def learning_rate_schedule(cfg: SFTConfig) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
-def _decay_mask(params: Any) -> Any:
-    def keep(path, _):
-        names = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-        return "norm" not in names
-    return jax.tree_util.tree_map_with_path(keep, params)
-
-
 def make_optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
-    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=_decay_mask)
-    if cfg.max_grad_norm is None:
-        return adamw
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+    return clipped_adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
 
 
 def token_nll(graphdef: Any, params: Any, batch: dict[str, jax.Array],

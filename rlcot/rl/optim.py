@@ -96,11 +96,20 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
-    """Clip by global norm (if set), then AdamW with the schedule. The gradient norm reported
-    by the update step is the one before clipping."""
-    adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=decay_mask)
-    if cfg.max_grad_norm is None:
+def clipped_adamw(schedule: Schedule | float, *, b1: float, b2: float, eps: float,
+                  weight_decay: float, max_grad_norm: float | None
+                  ) -> optax.GradientTransformation:
+    """Clip by global norm (if set), then AdamW with weight decay on all but norm scales and
+    biases. Shared by the RL update and supervised fine-tuning (rlcot.sft)."""
+    adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                        mask=decay_mask)
+    if max_grad_norm is None:
         return adamw
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """clipped_adamw with the configured schedule. The gradient norm reported by the update
+    step is the one before clipping."""
+    return clipped_adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
