@@ -1,4 +1,5 @@
-"""The self-describing workdir: config.json, metrics.jsonl, TensorBoard events, summary.json."""
+"""The self-describing workdir: config.json, metrics.jsonl, TensorBoard events, summary.json,
+results.md."""
 
 from __future__ import annotations
 
@@ -137,3 +138,62 @@ class PhaseTimer:
             out[f"time/{phase}_s"] = s
             out[f"time/{phase}_share"] = s / total if total > 0 else 0.0
         return out
+
+
+def summarize(workdir: Path, rc: Any, *, wall_s: float, resumed_from: int) -> dict[str, Any]:
+    """summary.json: final numbers under stable names (documented in the README)."""
+    rows = read_metrics(workdir)
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    eval_keys = lambda r: {k[len("eval/"):]: v for k, v in r.items() if k.startswith("eval/")}  # noqa: E731
+    train_rows = [r for r in rows if "loss" in r]
+    phases: dict[str, float] = {}
+    for r in train_rows:
+        for k, v in r.items():
+            if k.startswith("time/") and k.endswith("_s") and k != "time/step_s":
+                phases[k[5:-2]] = phases.get(k[5:-2], 0.0) + v
+    total = sum(phases.values()) or 1.0
+    last = train_rows[-1] if train_rows else {}
+    return {
+        "steps": rc.train.steps, "seed": rc.seed, "resumed_from_step": resumed_from,
+        "wall_time_s": round(wall_s, 2),
+        "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
+        "phase_share": {k: round(v / total, 4) for k, v in phases.items()},
+        "eval_before": eval_keys(evals[0]) if evals and evals[0]["step"] == 0 else {},
+        "eval_after": eval_keys(evals[-1]) if evals else {},
+        "final_train": {k: last[k] for k in ("reward/total/mean", "rollout/length_mean",
+                                             "entropy_mean", "kl_ref_mean") if k in last},
+    }
+
+
+
+
+# Rows of results.md first, in this order (then every other eval metric, sorted).
+HEADLINE = ("greedy/pass@1", "sampled/avg@{k}", "sampled/pass@{k}", "greedy/len", "sampled/len",
+            "greedy/check_rate", "greedy/second_language", "greedy/format", "sampled/format")
+
+
+def results_table(summary: dict[str, Any]) -> str:
+    """results.md: each eval metric before and after RL (percentages for rates). Timings are
+    left out, so a re-run of the same config and seed gives the same table."""
+    before, after = summary["eval_before"], summary["eval_after"]
+    keys = [k for k in dict.fromkeys([*before, *after]) if not k.endswith("/seconds")]
+    labels = list(dict.fromkeys(k.split("/", 1)[0] for k in keys))
+    ks = sorted({int(k.rsplit("@", 1)[1]) for k in keys if "pass@" in k or "avg@" in k} or {1})
+
+    def order(key: str) -> tuple:
+        label, metric = key.split("/", 1)
+        heads = [h.format(k=ks[-1]) for h in HEADLINE]
+        return (labels.index(label), heads.index(metric) if metric in heads else len(heads),
+                metric)
+
+    def fmt(key: str, v: Any) -> str:
+        if v is None:
+            return "-"
+        rate = not key.endswith("/len")
+        return f"{100 * v:.1f}" if rate else f"{v:.1f}"
+
+    lines = ["| metric | before | after |", "|---|---:|---:|"]
+    for key in sorted(keys, key=order):
+        unit = "" if key.endswith("/len") else " (%)"
+        lines.append(f"| {key}{unit} | {fmt(key, before.get(key))} | {fmt(key, after.get(key))} |")
+    return "\n".join(lines)

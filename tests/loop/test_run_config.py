@@ -8,7 +8,7 @@ import pytest
 from ml_collections import config_dict
 
 from rlcot import run_config
-from rlcot.loop import results_table
+from rlcot.workdir import results_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
