@@ -11,9 +11,10 @@ import os
 import resource
 import signal
 import sys
+import time
 
 SETUP_ERROR = "rlcot-sandbox-setup-error:"
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -62,6 +63,30 @@ def _wait_reaping(child: int) -> int:
             return 0
         if pid == child:
             return status
+
+
+def _kill_descendants() -> None:
+    """Kills every child (the subreaper's inherited orphans included) until none is left."""
+    me = str(os.getpid())
+    for _ in range(100_000):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            if ppid == me:
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except OSError:
+                    pass
+        try:  # reap; a killed child's own children come to us in the next round
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.001)
+        except ChildProcessError:
+            return
 
 
 def _read_files(directory: str) -> dict[str, bytes]:
@@ -116,6 +141,8 @@ def _run_program(cfg: dict, workdir: str, python: str, site_dir: str | None) -> 
             os.setgid(cfg["uid"])
             os.setuid(cfg["uid"])
         _die_with_parent()  # cleared by setuid, so set again
+        # No setuid binary or file capability can give the program privileges back.
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
         os.chdir(workdir)
         os.umask(0o077)
     except OSError as e:
@@ -145,12 +172,23 @@ def main() -> None:
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
     if not cfg["namespaces"]:
-        # Stay in between: the program's getppid() is this launcher, never the caller.
+        # Stay in between: the program's getppid() is this launcher, never the caller. As a
+        # child subreaper it inherits whatever detaches (setsid, double fork) and kills it all
+        # when the program ends or the caller sends SIGTERM.
+        _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
         child = os.fork()
         if child == 0:
             _run_program(cfg, cfg["input_dir"], cfg["python"], cfg["site_dir"])
-        _exit_like(os.waitpid(child, 0)[1])
-    flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
+
+        def on_term(signum, frame):
+            _kill_descendants()
+            os._exit(128 + signal.SIGKILL)
+        signal.signal(signal.SIGTERM, on_term)
+        status = os.waitpid(child, 0)[1]
+        _kill_descendants()
+        _exit_like(status)
+    flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
+    flags |= 0 if cfg["network"] else CLONE_NEWNET
     uid, gid = os.getuid(), os.getgid()
     _check(_libc.unshare(flags | (CLONE_NEWUSER if cfg["user_namespace"] else 0)), "unshare")
     if cfg["user_namespace"]:

@@ -1,29 +1,29 @@
-"""Runs untrusted Python programs with hard limits; what is enforced depends on the OS (below).
+"""Runs untrusted Python programs isolated and limited; refuses when the isolation asked for is missing.
 
-Always (any Linux/POSIX host):
-  - own session and process group; wall-clock timeout, after which the whole group gets SIGKILL;
-  - RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0 in the program;
-  - a fresh temporary working directory (removed afterwards), a scrubbed environment (only
-    PATH, LANG, HOME, TMPDIR, PYTHONHASHSEED=0, ...), no user site-packages (`python -s -S`);
-  - output capped at `output_bytes`: the parent reads at most that much, then kills the program;
-  - PR_SET_PDEATHSIG: if the process that started the sandbox dies, the sandbox dies too.
-As root (the CI case) additionally:
-  - the program runs as an unprivileged uid of its own (one per run, from a range of 65536
-    starting at `uid_base`), so it cannot raise its limits again, signal or read
-    (/proc/PID/environ) other processes, or write root's files;
-  - RLIMIT_NPROC (counted per uid, hence the uid per run: one run's fork bomb cannot use up
-    another run's process budget; root would ignore it);
-  - if `unshare` is permitted: new PID, mount, network, IPC and UTS namespaces. The program is
-    PID 2 under a tiny init; when init exits or is killed every process in the namespace dies
-    (fork bombs and daemonised children included). Only loopback exists, and it is down: no
-    network at all. /tmp, /var/tmp and /dev/shm are fresh size-capped tmpfs mounts and /proc
-    is remounted, so other processes are invisible and scratch files vanish with the sandbox;
-  - if cgroup v1 `pids` / `memory` hierarchies are writable: one cgroup per run caps the total
-    number of processes (`max_processes`) and the total memory of the whole sandbox.
-As non-root: a user namespace (when the kernel allows unprivileged ones) gives the same
-namespaces, without the uid switch and without cgroups; RLIMIT_NPROC is set to the user's current
-process count plus `max_processes`. With no namespaces at all there is no network or filesystem
-isolation: only the limits and the process-group kill remain, and `capabilities()` says so.
+Isolation levels (`isolation=`, weakest allowed; a run always uses everything that works here):
+  - "full" (the default): PID, mount, network, IPC and UTS namespaces; an unprivileged identity
+    (as root a fresh uid per run, as non-root a user namespace); no-new-privileges; cgroup
+    memory and pids limits on the whole sandbox (cgroup v2 where this process's cgroup has the
+    memory and pids controllers delegated, else writable cgroup v1 hierarchies).
+  - "namespaces": the same without the cgroup limits (per-process rlimits only).
+  - "none": no isolation is required: only the limits below. The program may see and signal
+    your processes, read your files and use the network.
+When the level asked for is unavailable, `run_python` / `Session` raise SandboxUnavailable naming
+what is missing, and nothing runs. A level below "full" must be chosen explicitly (the argument,
+or RLCOT_SANDBOX_ISOLATION=<level> as the default), and is logged with a warning on every run.
+
+Always, at every level:
+  - own session and process group; wall-clock timeout, then SIGKILL to the group and the cgroup;
+  - RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0 (and RLIMIT_NPROC);
+  - prctl(PR_SET_NO_NEW_PRIVS): no setuid binary or file capability can raise its privileges;
+  - a fresh temporary working directory, a scrubbed environment, `python -s -S -B`;
+  - output capped at `output_bytes`; PR_SET_PDEATHSIG: if the caller dies, the sandbox dies;
+  - only stdin, stdout and stderr are open in the program; no secret of the caller is passed.
+Processes that detach (setsid, double fork) die with the run: with namespaces the program runs
+under an init of its own PID namespace, and every process in it dies when that init does; with
+cgroups the whole cgroup is killed (cgroup.kill on v2, a kill loop on v1); without either, the
+launcher is a child subreaper and kills every descendant it inherited. The network is off (a new
+network namespace with only loopback, down) unless `SandboxLimits(network=True)`.
 
 Not a security boundary against kernel exploits; it contains the mistakes and reward hacks of a
 policy model (infinite loops, fork/memory bombs, stray writes, huge prints, killing its parent).
@@ -31,10 +31,13 @@ policy model (infinite loops, fork/memory bombs, stray writes, huge prints, kill
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import errno
 import functools
 import itertools
 import json
+import logging
 import math
 import os
 import select
@@ -46,14 +49,37 @@ import sysconfig
 import tempfile
 import time
 import uuid
+from typing import Mapping
+
+log = logging.getLogger(__name__)
 
 _LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_init.py")
 _SETUP_ERROR = b"rlcot-sandbox-setup-error:"
-_CGROUP_V1 = "/sys/fs/cgroup"
+# Lines a program writes that start with this are frames (Session(frames=True)); no secret.
+FRAME_MARKER = b"\x1erlcot-frame\x1f"
+
+ISOLATION_LEVELS = ("full", "namespaces", "none")
+_LEVEL_NEEDS = {"full": ("namespaces", "unprivileged", "no_new_privs", "cgroup_limits"),
+                "namespaces": ("namespaces", "unprivileged", "no_new_privs"),
+                "none": ()}
+FEATURES = {
+    "namespaces": "PID/mount/network/IPC/UTS namespaces (root, or unprivileged user namespaces)",
+    "unprivileged": "an unprivileged identity (as root a fresh uid per run; as non-root a user "
+                    "namespace)",
+    "no_new_privs": "prctl(PR_SET_NO_NEW_PRIVS)",
+    "cgroup_limits": "cgroup memory and pids limits (cgroup v2 with memory and pids enabled in "
+                     "this process's cgroup subtree_control, or writable cgroup v1 memory and "
+                     "pids hierarchies)",
+}
+ENV_ISOLATION = "RLCOT_SANDBOX_ISOLATION"
 
 
 class SandboxError(RuntimeError):
     """The sandbox itself failed (not the program inside it)."""
+
+
+class SandboxUnavailable(SandboxError):
+    """The isolation asked for does not work on this host: nothing was run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +96,7 @@ class SandboxLimits:
     # True puts this environment's site-packages on PYTHONPATH (plain packages only: .pth files
     # and editable installs are not processed). False: standard library only, faster start.
     site_packages: bool = False
+    network: bool = False  # True: no network namespace (the host's network is reachable)
 
     def __post_init__(self):
         for name in ("wall_s", "cpu_s", "memory_bytes", "file_bytes", "max_processes",
@@ -85,7 +112,7 @@ class SandboxLimits:
 @dataclasses.dataclass(frozen=True)
 class SandboxResult:
     returncode: int | None  # launcher exit code; 128+N when killed by signal N
-    output: bytes  # stdout and stderr interleaved, at most output_bytes
+    output: bytes  # stdout and stderr interleaved (frames removed), at most output_bytes
     timed_out: bool
     output_truncated: bool
     wall_s: float
@@ -97,22 +124,47 @@ class SandboxResult:
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
+    """What works on this host (found by trial runs); a run uses all of it."""
+
     root: bool
     namespaces: bool  # PID + mount + network + IPC + UTS
     user_namespace: bool  # namespaces obtained through an unprivileged user namespace
     uid_switch: bool
-    cgroups: tuple[str, ...]  # cgroup v1 controllers used: 'pids', 'memory'
+    no_new_privs: bool
+    cgroup: str | None = None  # 'v2' or 'v1': memory and pids limits on the whole sandbox
+    cgroup_kill: bool = False  # a v2 cgroup.kill kills the whole run (pure v2 or hybrid)
+    missing: Mapping[str, str] = dataclasses.field(default_factory=dict)  # feature -> why
+
+    @property
+    def features(self) -> frozenset[str]:
+        have = {"namespaces": self.namespaces,
+                "unprivileged": self.uid_switch or self.user_namespace,
+                "no_new_privs": self.no_new_privs, "cgroup_limits": self.cgroup is not None}
+        return frozenset(k for k, v in have.items() if v)
+
+    @property
+    def level(self) -> str:
+        """The strongest isolation level this host provides."""
+        return next(lvl for lvl in ISOLATION_LEVELS if set(_LEVEL_NEEDS[lvl]) <= self.features)
+
+    def lacking(self, level: str) -> list[str]:
+        return [f for f in _LEVEL_NEEDS[level] if f not in self.features]
 
     def describe(self) -> str:
         parts = ["process-group kill", "rlimits", "scrubbed env", "temp workdir", "output cap"]
+        if self.no_new_privs:
+            parts.append("no-new-privileges")
         if self.uid_switch:
             parts.append("unprivileged uid + RLIMIT_NPROC")
         if self.namespaces:
             parts.append("PID/mount/net/IPC/UTS namespaces (no network, private /tmp, /proc)")
             if self.user_namespace:
                 parts.append("via user namespace")
-        parts += [f"cgroup {c}" for c in self.cgroups]
-        return ", ".join(parts)
+        if self.cgroup:
+            parts.append(f"cgroup {self.cgroup} memory + pids limits")
+        if self.cgroup_kill:
+            parts.append("cgroup.kill")
+        return f"level {self.level!r}: " + ", ".join(parts)
 
 
 def _env(workdir: str) -> dict[str, str]:
@@ -151,35 +203,200 @@ def _user_nproc(uid: int) -> int:
     return n
 
 
-def _make_cgroups(limits: SandboxLimits, controllers: tuple[str, ...]) -> list[str]:
-    paths = []
-    for c in controllers:
-        path = os.path.join(_CGROUP_V1, c, f"rlcot-sbx-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        os.mkdir(path)
-        paths.append(path)
-        key, value = (("pids.max", limits.max_processes + 2) if c == "pids"
-                      else ("memory.limit_in_bytes", limits.memory_bytes))
-        with open(os.path.join(path, key), "w") as f:
-            f.write(str(value))
-    return paths
+# ---------------------------------------------------------------------------------- cgroups
+
+@dataclasses.dataclass(frozen=True)
+class _CgroupPlan:
+    """Where this process may create per-run cgroups: (kind, parent directory) pairs, kind
+    'v2' (limits + kill), 'memory' / 'pids' (v1 limits) or 'kill' (a v2 group only for
+    cgroup.kill, on hybrid hosts)."""
+
+    version: str | None
+    dirs: tuple[tuple[str, str], ...]
 
 
-def _remove_cgroups(paths: list[str]) -> None:
-    for path in paths:
-        for _ in range(50):  # processes may take a moment to leave after SIGKILL
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, value) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def _own_cgroups() -> dict[str, str]:
+    own = {}
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else [""]:
+            own[c] = path
+    return own
+
+
+def _cgroup_mounts() -> tuple[str | None, dict[str, str]]:
+    """The cgroup2 mount point and the v1 mount point of each controller."""
+    v2, v1 = None, {}
+    for line in _read("/proc/self/mountinfo").splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3:
+            continue
+        if rfields[0] == "cgroup2" and v2 is None:
+            v2 = fields[4]
+        elif rfields[0] == "cgroup":
+            for opt in rfields[2].split(","):
+                v1.setdefault(opt, fields[4])
+    return v2, v1
+
+
+def _try_child(parent: str, files: dict[str, object]) -> str | None:
+    """Creates and removes a test cgroup under `parent` writing `files`; None or why not."""
+    probe = os.path.join(parent, f"rlcot-sbx-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    try:
+        os.mkdir(probe)
+    except OSError as e:
+        return f"cannot create a cgroup in {parent}: {e.strerror}"
+    try:
+        for name, value in files.items():
+            _write(os.path.join(probe, name), value)
+        return None
+    except OSError as e:
+        return f"cannot write {name} in a cgroup under {parent}: {e.strerror}"
+    finally:
+        try:
+            os.rmdir(probe)
+        except OSError:
+            pass
+
+
+@functools.lru_cache(maxsize=1)
+def _cgroup_plan() -> tuple[_CgroupPlan, str]:
+    """Finds where per-run cgroups with memory and pids limits can be made; (plan, why not)."""
+    try:
+        v2_mount, v1_mounts = _cgroup_mounts()
+        own = _own_cgroups()
+    except OSError as e:
+        return _CgroupPlan(None, ()), f"cannot read /proc/self/cgroup or mountinfo: {e}"
+    reasons, kill_dir = [], None
+    if v2_mount and "" in own:
+        base = os.path.join(v2_mount, own[""].lstrip("/"))
+        try:
+            enabled = _read(os.path.join(base, "cgroup.subtree_control")).split()
+            available = _read(os.path.join(base, "cgroup.controllers")).split()
+        except OSError as e:
+            enabled, available = [], []
+            reasons.append(f"cgroup v2 at {base} unreadable: {e.strerror}")
+        missing = [c for c in ("memory", "pids") if c not in enabled]
+        if missing and all(c in available for c in missing):
             try:
-                with open(os.path.join(path, "cgroup.procs")) as f:
-                    for pid in f.read().split():
-                        try:
-                            os.kill(int(pid), signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
+                _write(os.path.join(base, "cgroup.subtree_control"),
+                       " ".join(f"+{c}" for c in missing))
+                missing = []
+            except OSError as e:
+                reasons.append(f"cgroup v2: enabling {missing} in {base}/cgroup.subtree_control "
+                               f"failed ({e.strerror}); run in a cgroup with a delegated "
+                               f"subtree")
+        elif missing:
+            reasons.append(f"cgroup v2 at {base} has no {missing} controller (controllers: "
+                           f"{available or 'none'})")
+        if not missing:
+            why = _try_child(base, {"memory.max": 1 << 30, "pids.max": 64})
+            if why is None:
+                return _CgroupPlan("v2", (("v2", base),)), ""
+            reasons.append(why)
+        elif _try_child(base, {}) is None:
+            kill_dir = base  # hybrid: v2 only to kill the whole run
+    dirs = []
+    for c, key in (("memory", "memory.limit_in_bytes"), ("pids", "pids.max")):
+        if c not in v1_mounts or c not in own:
+            reasons.append(f"no cgroup v1 {c} hierarchy")
+            break
+        base = os.path.join(v1_mounts[c], own[c].lstrip("/"))
+        why = _try_child(base, {key: 1 << 30 if c == "memory" else 64})
+        if why:
+            reasons.append(f"cgroup v1 {c}: {why}")
+            break
+        dirs.append((c, base))
+    else:
+        if kill_dir:
+            dirs.append(("kill", kill_dir))
+        return _CgroupPlan("v1", tuple(dirs)), ""
+    return _CgroupPlan(None, (("kill", kill_dir),) if kill_dir else ()), "; ".join(reasons)
+
+
+def _make_cgroups(limits: SandboxLimits, plan: _CgroupPlan) -> list[tuple[str, str]]:
+    made = []
+    try:
+        for kind, parent in plan.dirs:
+            path = os.path.join(parent, f"rlcot-sbx-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+            os.mkdir(path)
+            made.append((kind, path))
+            # The launcher, an init and the program come on top of the program's processes.
+            if kind == "v2":
+                _write(os.path.join(path, "memory.max"), limits.memory_bytes)
+                if os.path.exists(os.path.join(path, "memory.swap.max")):
+                    _write(os.path.join(path, "memory.swap.max"), 0)
+                _write(os.path.join(path, "pids.max"), limits.max_processes + 3)
+            elif kind == "memory":
+                _write(os.path.join(path, "memory.limit_in_bytes"), limits.memory_bytes)
+                try:  # no swap either, where swap accounting exists
+                    _write(os.path.join(path, "memory.memsw.limit_in_bytes"), limits.memory_bytes)
+                except OSError:
+                    pass
+            elif kind == "pids":
+                _write(os.path.join(path, "pids.max"), limits.max_processes + 3)
+    except OSError:
+        _remove_cgroups(made)
+        raise
+    return made
+
+
+def _kill_cgroup(kind: str, path: str) -> None:
+    if kind in ("v2", "kill") and os.path.exists(os.path.join(path, "cgroup.kill")):
+        try:
+            _write(os.path.join(path, "cgroup.kill"), 1)
+            return
+        except OSError:
+            pass
+    try:
+        for pid in _read(os.path.join(path, "cgroup.procs")).split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    except OSError:
+        pass
+
+
+def _remove_cgroups(made: list[tuple[str, str]]) -> None:
+    for kind, path in made:
+        for _ in range(200):  # processes may take a moment to leave after SIGKILL
+            _kill_cgroup(kind, path)
+            try:
                 os.rmdir(path)
                 break
             except FileNotFoundError:
                 break
-            except OSError:
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    break
                 time.sleep(0.01)
+
+
+def _sweep_stale_cgroups(plan: _CgroupPlan) -> None:
+    """Removes the cgroups of runs whose process died mid-run (a pool worker killed at its hard
+    deadline never reaches its clean-up). Only dead creators' groups: live ones are in use."""
+    for kind, parent in plan.dirs:
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            parts = name.split("-")
+            if name.startswith("rlcot-sbx-") and len(parts) >= 4 and parts[2].isdigit() \
+                    and not os.path.exists(f"/proc/{parts[2]}"):
+                _remove_cgroups([(kind, os.path.join(parent, name))])
 
 
 def _kill_group(pgid: int) -> None:
@@ -189,156 +406,330 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _run(files: dict[str, str | bytes], program: str, limits: SandboxLimits,
-         caps: Capabilities) -> SandboxResult:
-    root = tempfile.mkdtemp(prefix="rlcot-sbx-")
-    workdir = os.path.join(root, "work")
-    cgroups: list[str] = []
-    proc = None
-    t0 = time.monotonic()
-    try:
+# ---------------------------------------------------------------------------------- sessions
+
+class Session:
+    """One sandboxed program that the caller can talk to: `send` writes to its stdin, `frame`
+    returns the next line it wrote that starts with FRAME_MARKER (frames=True). Everything else
+    it writes is kept as `output` (capped). `close` kills the whole sandbox and returns the
+    SandboxResult. The caller decides what the program's behaviour means; nothing of the
+    caller's (memory, file descriptors, secrets) is reachable from inside."""
+
+    def __init__(self, files: Mapping[str, str | bytes], program: str,
+                 limits: SandboxLimits = SandboxLimits(), *, isolation: str | None = None,
+                 frames: bool = True, caps: Capabilities | None = None):
+        if program not in files:
+            raise ValueError(f"program {program!r} is not among the files {sorted(files)}")
+        for name in files:
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"sandbox file names must be plain names, got {name!r}")
+        caps = caps if caps is not None else require_isolation(isolation)
+        self.limits, self.caps, self._frames_on = limits, caps, frames
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + limits.wall_s
+        self._root = tempfile.mkdtemp(prefix="rlcot-sbx-")
+        self._cgroups: list[tuple[str, str]] = []
+        self._proc: subprocess.Popen | None = None
+        self._buf = b""
+        self._chunks: list[bytes] = []
+        self._n_out = 0
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._pending = b""
+        self._eof = False
+        self.timed_out = False
+        self.truncated = False
+        self._result: SandboxResult | None = None
+        try:
+            self._start(dict(files), program)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, files: dict, program: str) -> None:
+        limits, caps = self.limits, self.caps
+        workdir = os.path.join(self._root, "work")
         os.mkdir(workdir, 0o700)
         for name, data in files.items():
             with open(os.path.join(workdir, name), "wb") as f:
                 f.write(data.encode() if isinstance(data, str) else data)
         uid = _fresh_uid(limits.uid_base) if caps.uid_switch else None
         if uid is not None and not caps.namespaces:
-            os.chmod(root, 0o711)
+            os.chmod(self._root, 0o711)
             for name in [*files, ""]:
                 os.chown(os.path.join(workdir, name), uid, uid)
         nproc = (limits.max_processes if caps.uid_switch
                  else None if caps.root else _user_nproc(os.getuid()) + limits.max_processes)
-        cgroups = _make_cgroups(limits, caps.cgroups)
+        if caps.cgroup or caps.cgroup_kill:
+            self._cgroups = _make_cgroups(limits, _cgroup_plan()[0])
         cfg = {
             "parent_pid": os.getpid(), "input_dir": workdir, "program": program,
             "namespaces": caps.namespaces, "user_namespace": caps.user_namespace,
-            "uid": uid, "nproc": nproc, "cgroups": cgroups, "tmpfs_bytes": limits.tmpfs_bytes,
+            "network": limits.network, "uid": uid, "nproc": nproc,
+            "cgroups": [p for _, p in self._cgroups], "tmpfs_bytes": limits.tmpfs_bytes,
             "env": _env(workdir), **_python_paths(limits.site_packages),
             "limits": {"cpu_s": max(1, math.ceil(limits.cpu_s)),
                        "memory_bytes": limits.memory_bytes, "file_bytes": limits.file_bytes,
                        "max_open_files": limits.max_open_files},
         }
         # A per-item SIGALRM (pool worker) landing inside Popen could leave a started sandbox
-        # that nobody times: hold it until `proc` exists and the finally below can kill it.
+        # that nobody times: hold it until `_proc` exists and close() can kill it.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         try:
-            proc = subprocess.Popen(
+            self._proc = subprocess.Popen(
                 [sys.executable, "-s", "-S", "-B", _LAUNCHER, json.dumps(cfg)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 env=_env(workdir), cwd=workdir, start_new_session=True, close_fds=True)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        output, timed_out, truncated = _read_capped(proc, t0 + limits.wall_s, limits.output_bytes)
-        _kill_group(proc.pid)  # leftovers outside a PID namespace, and anything on the cap/timeout
-        returncode = proc.wait()
-        returncode = 128 - returncode if returncode < 0 else returncode
-    finally:
-        if proc is not None and proc.returncode is None:
-            _kill_group(proc.pid)  # interrupted (e.g. by the pool's per-item timer)
-            proc.wait()
-        if proc is not None:
-            proc.stdout.close()
-        _remove_cgroups(cgroups)
-        shutil.rmtree(root, ignore_errors=True)
-    if returncode == 125 and output.startswith(_SETUP_ERROR):
-        raise SandboxError(output.decode(errors="replace").strip())
-    return SandboxResult(returncode, output, timed_out, truncated, time.monotonic() - t0)
+        os.set_blocking(self._proc.stdin.fileno(), False)
+        self._poller = select.poll()  # not select(): a trainer may hold fds above FD_SETSIZE
+        self._poller.register(self._proc.stdout.fileno(), select.POLLIN | select.POLLHUP)
 
+    @property
+    def alive(self) -> bool:
+        return not (self._eof or self.timed_out or self.truncated)
 
-def _read_capped(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bool, bool]:
-    """Reads stdout until EOF, the deadline or `cap` bytes, whichever comes first."""
-    fd = proc.stdout.fileno()
-    poller = select.poll()  # not select(): a big trainer may hold fds above FD_SETSIZE
-    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    chunks, n = [], 0
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return b"".join(chunks), True, False
-        # Wake up now and then: the program may exit while a daemonised child holds the pipe.
-        ready = poller.poll(min(remaining, 0.25) * 1000)
-        if not ready:
-            if proc.poll() is not None:
-                return b"".join(chunks), False, False
-            continue
-        data = os.read(fd, min(1 << 16, cap + 1 - n))
-        if not data:
-            return b"".join(chunks), False, False
-        chunks.append(data)
-        n += len(data)
-        if n > cap:
-            return b"".join(chunks)[:cap], False, True
+    def _take(self, data: bytes) -> None:
+        self._n_out += len(data)
+        if self._n_out > self.limits.output_bytes:
+            data = data[:len(data) - (self._n_out - self.limits.output_bytes)]
+            self.truncated = True
+        if not self._frames_on:
+            self._chunks.append(data)
+            return
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            if line.startswith(FRAME_MARKER):
+                self._frames.append(line[len(FRAME_MARKER):])
+            elif line:
+                self._chunks.append(line + b"\n")
 
+    def _pump(self, want_frame: bool) -> None:
+        """Moves data both ways until a frame is there (want_frame), or EOF, the deadline, the
+        output cap; without want_frame, until the pending input is written."""
+        out_fd = self._proc.stdout.fileno()
+        while self.alive and not (want_frame and self._frames) \
+                and (want_frame or self._pending):
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                self.timed_out = True
+                return
+            if self._pending:
+                try:
+                    n = os.write(self._proc.stdin.fileno(), self._pending)
+                    self._pending = self._pending[n:]
+                except BlockingIOError:
+                    pass
+                except (BrokenPipeError, OSError):
+                    self._pending = b""  # the program closed its stdin or died
+                    if not want_frame:
+                        return
+            ready = self._poller.poll(min(remaining, 0.002 if self._pending else 0.25) * 1000)
+            if not ready:
+                # Wake up now and then: the program may exit while a detached child holds the pipe.
+                if self._proc.poll() is not None:
+                    self._drain(out_fd)
+                    self._eof = True
+                continue
+            data = os.read(out_fd, 1 << 16)
+            if not data:
+                self._eof = True
+            else:
+                self._take(data)
 
-def run_python(files: dict[str, str | bytes], program: str = "main.py",
-               limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
-    """Writes `files` into a fresh working directory and runs `python program` there."""
-    if program not in files:
-        raise ValueError(f"program {program!r} is not among the files {sorted(files)}")
-    for name in files:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"sandbox file names must be plain names, got {name!r}")
-    return _run(files, program, limits, capabilities())
+    def _drain(self, fd: int) -> None:
+        while self._poller.poll(0) and not self.truncated:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                return
+            self._take(data)
 
+    def send(self, data: bytes) -> bool:
+        """Queues `data` for the program's stdin and writes what the pipe takes before the
+        deadline; False when the program is gone (or out of time)."""
+        if not self.alive:
+            return False
+        self._pending += data
+        self._pump(want_frame=False)
+        return self.alive
 
-def _probe(caps: Capabilities) -> bool:
-    try:
-        res = _run({"main.py": "print('ok')"}, "main.py", SandboxLimits(wall_s=10.0), caps)
-    except (SandboxError, OSError):
-        return False
-    return res.ok and res.output.strip() == b"ok"
+    def frame(self) -> bytes | None:
+        """The next frame, or None if the program ended, ran out of time or output first."""
+        if not self._frames:
+            self._pump(want_frame=True)
+        return self._frames.popleft() if self._frames else None
 
+    def wait(self) -> None:
+        """Closes the program's stdin and waits for its end (EOF), the deadline or the cap."""
+        if self._proc is not None and not self._proc.stdin.closed:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+        while self.alive:
+            self._pump(want_frame=True)
+            self._frames.clear()
 
-def _sweep_stale_cgroups(controllers: tuple[str, ...]) -> None:
-    """Removes the cgroups of runs whose process died mid-run (a pool worker killed at its hard
-    deadline never reaches its clean-up). Only dead creators' groups: live ones are in use."""
-    for c in controllers:
-        root = os.path.join(_CGROUP_V1, c)
-        for name in os.listdir(root):
-            parts = name.split("-")
-            if name.startswith("rlcot-sbx-") and len(parts) == 4 and parts[2].isdigit() \
-                    and not os.path.exists(f"/proc/{parts[2]}"):
-                _remove_cgroups([os.path.join(root, name)])
+    @property
+    def output(self) -> bytes:
+        return b"".join(self._chunks)
 
-
-def _writable_cgroups() -> tuple[str, ...]:
-    found = []
-    for c in ("pids", "memory"):
-        probe = os.path.join(_CGROUP_V1, c, f"rlcot-sbx-probe-{os.getpid()}")
+    def close(self) -> SandboxResult:
+        """Kills everything the program started and removes its files; idempotent."""
+        if self._result is not None:
+            return self._result
+        proc, returncode = self._proc, None
         try:
-            os.mkdir(probe)
-            os.rmdir(probe)
-            found.append(c)
-        except OSError:
-            pass
-    return tuple(found)
+            if proc is not None:
+                if not self.caps.namespaces and proc.poll() is None:
+                    # The launcher (a subreaper) kills its inherited descendants on SIGTERM.
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(0.5)
+                    except subprocess.TimeoutExpired:
+                        pass
+                _kill_group(proc.pid)
+                for kind, path in self._cgroups:
+                    _kill_cgroup(kind, path)
+                returncode = proc.wait()
+                returncode = 128 - returncode if returncode < 0 else returncode
+        finally:
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                for f in (proc.stdin, proc.stdout):
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+            _remove_cgroups(self._cgroups)
+            shutil.rmtree(self._root, ignore_errors=True)
+        output = self.output
+        if self._frames_on and self._buf and not self._buf.startswith(FRAME_MARKER):
+            output += self._buf
+        self._result = SandboxResult(returncode, output, self.timed_out, self.truncated,
+                                     time.monotonic() - self.t0)
+        if returncode == 125 and output.startswith(_SETUP_ERROR):
+            raise SandboxError(output.decode(errors="replace").strip())
+        return self._result
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        except SandboxError:
+            if exc[0] is None:
+                raise
+
+
+def run_python(files: Mapping[str, str | bytes], program: str = "main.py",
+               limits: SandboxLimits = SandboxLimits(), *,
+               isolation: str | None = None) -> SandboxResult:
+    """Writes `files` into a fresh working directory and runs `python program` there (stdin
+    closed). Raises SandboxUnavailable, running nothing, when `isolation` is unavailable."""
+    level = resolve_level(isolation)
+    caps = require_isolation(level)
+    warn_if_weaker(level, caps, "run_python")
+    session = Session(files, program, limits, frames=False, caps=caps)
+    try:
+        session.wait()
+    finally:
+        result = session.close()
+    return result
+
+
+# ---------------------------------------------------------------------------------- levels
+
+def resolve_level(isolation: str | None) -> str:
+    """The level asked for: the argument, else $RLCOT_SANDBOX_ISOLATION, else 'full'."""
+    level = isolation if isolation is not None else os.environ.get(ENV_ISOLATION) or "full"
+    if level not in ISOLATION_LEVELS:
+        src = "isolation" if isolation is not None else f"${ENV_ISOLATION}"
+        raise ValueError(f"sandbox: {src}={level!r} is not an isolation level; "
+                         f"choose one of {ISOLATION_LEVELS}")
+    return level
+
+
+def require_isolation(isolation: str | None = None) -> Capabilities:
+    """This host's capabilities if they meet the level asked for; else SandboxUnavailable
+    naming each missing feature and why it is missing."""
+    level = resolve_level(isolation)
+    caps = capabilities()
+    lacking = caps.lacking(level)
+    if lacking:
+        what = "; ".join(f"{FEATURES[f]}: {caps.missing.get(f, 'unavailable')}" for f in lacking)
+        weaker = [lvl for lvl in ISOLATION_LEVELS[ISOLATION_LEVELS.index(level) + 1:]
+                  if not caps.lacking(lvl)]
+        raise SandboxUnavailable(
+            f"sandbox refuses to run untrusted code: isolation level {level!r} needs what this "
+            f"host lacks: {what}. Provide it, or opt into a weaker level explicitly (isolation="
+            f"{weaker[0]!r} or {ENV_ISOLATION}={weaker[0]}; logged on every run)")
+    return caps
+
+
+def warn_if_weaker(level: str, caps: Capabilities, who: str) -> None:
+    """Logs a warning when a weaker level than 'full' was opted into (every call)."""
+    if level != "full":
+        lacking = caps.lacking("full")
+        log.warning("%s: sandbox isolation level %r was opted into (weaker than 'full'); "
+                    "this run lacks %s; it enforces: %s", who, level,
+                    ", ".join(FEATURES[f] for f in lacking) if lacking else "nothing of 'full' "
+                    "(everything is available here)", caps.describe())
+
+
+def _probe(caps: Capabilities) -> str | None:
+    """None if a trial run under `caps` works (no-new-privileges included), else why not."""
+    program = ("print(dict(l.split(':\\t') for l in open('/proc/self/status').read()"
+               ".splitlines() if ':\\t' in l).get('NoNewPrivs'))")
+    try:
+        session = Session({"main.py": program}, "main.py", SandboxLimits(wall_s=10.0),
+                          frames=False, caps=caps)
+        session.wait()
+        res = session.close()
+    except (SandboxError, OSError) as e:
+        return str(e).replace(_SETUP_ERROR.decode(), "").strip() or type(e).__name__
+    if not res.ok or res.output.strip() != b"1":
+        return f"trial run failed (exit {res.returncode}): {res.output[-300:]!r}"
+    return None
 
 
 @functools.lru_cache(maxsize=1)
 def capabilities() -> Capabilities:
-    """Strongest isolation that works on this host, found once per process by trial runs.
-
-    RLCOT_SANDBOX_ISOLATION=none forces the weakest mode (debugging, or a host that is itself
-    a disposable sandbox). As root, finding no isolation at all raises SandboxError.
-    """
+    """Strongest isolation that works on this host, found once per process by trial runs."""
     root = os.geteuid() == 0
-    plain = Capabilities(root, False, False, False, ())
-    if os.environ.get("RLCOT_SANDBOX_ISOLATION") == "none" or not sys.platform.startswith("linux"):
-        return plain
-    if not root:
-        userns = Capabilities(False, True, True, False, ())
-        return userns if _probe(userns) else plain
-    cgroups = _writable_cgroups()
-    _sweep_stale_cgroups(cgroups)
-    for namespaces, uid_switch in ((True, True), (False, True), (True, False)):
-        for cg in ((cgroups, ()) if cgroups else ((),)):
-            caps = Capabilities(True, namespaces, False, uid_switch, cg)
-            if _probe(caps):
-                return caps
-    caps = Capabilities(True, False, False, False, cgroups)
-    if cgroups and _probe(caps):
-        return caps
-    # Root with no isolation at all: a program's os.kill(-1, 9) would kill the whole machine.
-    raise SandboxError("sandbox: running as root but neither namespaces, an unprivileged uid "
-                       "nor cgroups work here; set RLCOT_SANDBOX_ISOLATION=none to run "
-                       "untrusted code without isolation anyway")
+    if not sys.platform.startswith("linux"):
+        why = f"not Linux ({sys.platform})"
+        return Capabilities(root, False, False, False, False, None, False,
+                            {f: why for f in FEATURES})
+    plan, cg_why = _cgroup_plan()
+    _sweep_stale_cgroups(plan)
+    cg = plan.version
+    kill = any(kind in ("v2", "kill") for kind, _ in plan.dirs)
+    missing: dict[str, str] = {}
+    if cg is None:
+        missing["cgroup_limits"] = cg_why or "unavailable"
+    tries = ([(True, False, True), (False, False, True), (True, False, False), (False, False, False)]
+             if root else [(True, True, False), (False, False, False)])
+    first_why = None
+    for ns, userns, uid_switch in tries:
+        options = [(cg, kill)] + ([(None, False)] if (cg or kill) else [])
+        for cg_try, kill_try in options:
+            caps = Capabilities(root, ns, userns, uid_switch, True, cg_try, kill_try)
+            why = _probe(caps)
+            if why is None:
+                if cg and not cg_try:
+                    missing["cgroup_limits"] = f"a trial run in the cgroup failed: {first_why}"
+                if not ns:
+                    missing["namespaces"] = (f"trial run failed: {first_why}" if root else
+                                             f"not root, and a user namespace failed: {first_why}")
+                if not (uid_switch or userns):
+                    missing["unprivileged"] = (f"uid switch failed: {first_why}" if root else
+                                               "not root, and no user namespace")
+                return dataclasses.replace(caps, missing=missing)
+            first_why = first_why or why
+    return Capabilities(root, False, False, False, False, None, False,
+                        {f: missing.get(f, f"no trial run worked: {first_why}") for f in FEATURES})
