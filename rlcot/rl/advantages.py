@@ -2,7 +2,8 @@
 
 Outcome estimators map `rewards_BxG` (B prompts, G samples each) to `adv_BxG`; `mask_BxG`
 marks valid samples (e.g. rows padded in by dynamic sampling). Invalid samples take no part in
-any mean or std and get advantage 0. Token estimators map per-token rewards (and values) with a
+any mean or std and get advantage 0 (REINFORCE++ also takes `lengths_BxG`, the valid tokens of
+each row, to whiten over tokens as verl and OpenRLHF do). Token estimators map per-token rewards (and values) with a
 `mask_BxT` to per-token advantages and returns.
 """
 
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 StdOver = Literal["group", "batch", "none"]
+WhitenOver = Literal["tokens", "sequences"]
 
 
 def _valid(x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -97,14 +99,38 @@ def rloo(rewards_BxG: jax.Array, *, mask_BxG: jax.Array | None = None) -> jax.Ar
 
 
 def reinforce_pp(rewards_BxG: jax.Array, *, mask_BxG: jax.Array | None = None,
-                 group_baseline: bool = False, unbiased_std: bool = True,
+                 lengths_BxG: jax.Array | None = None, group_baseline: bool = False,
+                 whiten_over: WhitenOver = "tokens", unbiased_std: bool = True,
                  eps: float = 1e-6) -> jax.Array:
-    """REINFORCE++: rewards normalised over the whole batch, `(x - mean_B(x)) / (std_B(x) + eps)`,
-    where x = r, or x = r - mean_group(r) with `group_baseline` (REINFORCE++-baseline)."""
+    """REINFORCE++: x = r, or x = r - mean_group(r) with `group_baseline` (REINFORCE++-baseline),
+    then `(x - mean(x)) / (std(x) + eps)` over the whole batch.
+
+    whiten_over "tokens" (default; verl's reinforce_plus_plus(_baseline) and OpenRLHF): x is put
+    on every valid token of its row and whitened over all valid tokens of the batch, so a row
+    weighs by its length `lengths_BxG` (valid completion tokens per row, required):
+    mean = sum_b len_b x_b / sum_b len_b, var = sum_b len_b (x_b - mean)^2 / (sum_b len_b - 1).
+    "sequences": each valid row counts once (rlcot's earlier form, kept as a named option).
+    Rows with no valid token still enter their group's mean (they have a reward) but take no
+    part in the whitening."""
     _check_rewards(rewards_BxG)
     m = _valid(rewards_BxG, mask_BxG)
     x = rewards_BxG - _group_mean(rewards_BxG, m) if group_baseline else rewards_BxG
-    mean, std = masked_mean_std(x, m, ddof=1 if unbiased_std else 0)
+    ddof = 1 if unbiased_std else 0
+    if whiten_over == "tokens":
+        if lengths_BxG is None:
+            raise ValueError("reinforce_pp with whiten_over='tokens' needs lengths_BxG (valid "
+                             "completion tokens per row); use whiten_over='sequences' without")
+        if lengths_BxG.shape != rewards_BxG.shape:
+            raise ValueError(f"lengths shape {lengths_BxG.shape} != rewards shape "
+                             f"{rewards_BxG.shape}")
+        w = lengths_BxG.astype(x.dtype) * m
+        n = w.sum()
+        mean = (x * w).sum() / jnp.maximum(n, 1)
+        std = jnp.sqrt((jnp.square(x - mean) * w).sum() / jnp.maximum(n - ddof, 1))
+    elif whiten_over == "sequences":
+        mean, std = masked_mean_std(x, m, ddof=ddof)
+    else:
+        raise ValueError(f"whiten_over must be 'tokens' or 'sequences', got {whiten_over!r}")
     return _safe_div(x - mean, std, eps) * m
 
 
@@ -194,7 +220,7 @@ _KNOBS: dict[str, tuple[str, ...]] = {
     "grpo": ("std_over", "unbiased_std", "eps"),
     "dr_grpo": (),
     "rloo": (),
-    "reinforce_pp": ("group_baseline", "unbiased_std", "eps"),
+    "reinforce_pp": ("group_baseline", "whiten_over", "unbiased_std", "eps"),
     "kimi": (),
     "gae": ("gamma", "lam", "whiten", "unbiased_std", "eps"),
     "reinforce_pp_token": ("gamma", "unbiased_std", "eps"),
@@ -209,6 +235,7 @@ class AdvantageConfig:
     unbiased_std: bool = True
     eps: float = 1e-6
     group_baseline: bool = False
+    whiten_over: WhitenOver = "tokens"
     gamma: float = 1.0
     lam: float = 1.0
     whiten: bool = True
@@ -219,6 +246,9 @@ class AdvantageConfig:
                              f"choose from {sorted(_KNOBS)}")
         if self.std_over not in ("group", "batch", "none"):
             raise ValueError(f"std_over must be 'group', 'batch' or 'none', got {self.std_over!r}")
+        if self.whiten_over not in ("tokens", "sequences"):
+            raise ValueError(f"whiten_over must be 'tokens' or 'sequences', got "
+                             f"{self.whiten_over!r}")
         if not self.eps >= 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         for name in ("gamma", "lam"):
@@ -233,6 +263,11 @@ class AdvantageConfig:
     def fn(self) -> Callable:
         table = TOKEN_ADVANTAGE_ESTIMATORS if self.token_level else ADVANTAGE_ESTIMATORS
         return table[self.estimator]
+
+    @property
+    def needs_lengths(self) -> bool:
+        """Whether the outcome estimator takes `lengths_BxG` (valid tokens per row)."""
+        return self.estimator == "reinforce_pp" and self.whiten_over == "tokens"
 
     def knobs(self) -> dict:
         return {k: getattr(self, k) for k in _KNOBS[self.estimator]}

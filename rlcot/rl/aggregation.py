@@ -6,11 +6,21 @@ the gradient) of the minibatch is then exactly the sum of the micro-batch losses
 normalising inside each micro-batch instead (the usual accumulation bug) gives a different
 number whenever micro-batches differ in token or sequence counts.
 
-Modes (n = number of sequences with at least one valid token, len_b = valid tokens of row b):
+Modes (n = number of rows with at least one valid token, len_b = valid tokens of row b,
+T_max = the completion budget, i.e. rollout.max_new_tokens):
   token_mean           w = mask / sum(mask)              (DAPO; all tokens count equally)
   seq_mean_token_mean  w = mask / (len_b * n)            (GRPO paper; each sequence counts equally)
   seq_mean_token_sum   w = mask / n                      (sum over tokens, mean over sequences)
-  constant             w = mask / C, C = rows * T unless given (Dr.GRPO: G * max_tokens per group)
+  constant             w = mask / (n * T_max)            (Dr.GRPO; verl's seq-mean-token-sum-norm)
+                       w = mask / C with `constant=C`    (any fixed number, e.g. TRL's rows x T_max)
+
+Dr.GRPO's normaliser is tied to the completion budget, never to the padded batch: it does not
+change with the prompt bucket, with how many tokens the longest completion happened to have, or
+with rows that dynamic sampling (or `mask_truncated`) emptied. Rows without a valid token are not
+counted, as in verl's `seq-mean-token-sum-norm` (loss_scale_factor = the response length budget);
+TRL's `dr_grpo` divides by all rows x max_completion_length, which is the same number unless a
+row is empty (TRL has no masked-out rows). The budget must be given (`max_tokens`); the RL loop
+fills it from `rollout.max_new_tokens` (`rlcot.rollout.align_learner`).
 
 Sequence-level losses (GSPO, Kimi) put their per-sequence value on every valid token; with
 seq_mean_token_mean that gives exactly the mean over sequences of the paper's objective.
@@ -53,14 +63,27 @@ def seq_mean_token_sum_weights(mask_BxT: jax.Array) -> jax.Array:
     return m / _n_seqs(m)
 
 
-def constant_weights(mask_BxT: jax.Array, *, constant: float | None = None) -> jax.Array:
-    """Dr.GRPO: sum over valid tokens divided by a constant that does not depend on the mask.
-    Default `rows * T` of the minibatch: `G * max_tokens` per group, averaged over prompts."""
+def constant_weights(mask_BxT: jax.Array, *, constant: float | None = None,
+                     max_tokens: int | None = None) -> jax.Array:
+    """Dr.GRPO: sum over valid tokens divided by a number that does not depend on lengths.
+
+    max_tokens (the completion budget): `n * max_tokens`, n the rows with a valid token (verl's
+    seq-mean-token-sum-norm). constant: that fixed number. Exactly one must be given."""
     m = _as_float(mask_BxT)
-    c = float(m.shape[0] * m.shape[1]) if constant is None else float(constant)
-    if not c > 0:
-        raise ValueError(f"constant normaliser must be > 0, got {c}")
-    return m / c
+    if (constant is None) == (max_tokens is None):
+        raise ValueError("aggregation 'constant' (Dr.GRPO) needs exactly one of max_tokens (the "
+                         "completion budget, rollout.max_new_tokens) or constant, got "
+                         f"max_tokens={max_tokens}, constant={constant}")
+    if constant is not None:
+        if not constant > 0:
+            raise ValueError(f"constant normaliser must be > 0, got {constant}")
+        return m / float(constant)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+    if not isinstance(m, jax.core.Tracer) and m.size and max_tokens < float(m.sum(-1).max()):
+        raise ValueError(f"max_tokens={max_tokens} is below the longest row's "
+                         f"{int(m.sum(-1).max())} valid tokens: it must be the completion budget")
+    return m / (_n_seqs(m) * float(max_tokens))
 
 
 AGGREGATIONS: dict[str, Callable[..., jax.Array]] = {
@@ -71,15 +94,16 @@ AGGREGATIONS: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-def aggregation_weights(mask_BxT: jax.Array, mode: str, *,
-                        constant: float | None = None) -> jax.Array:
+def aggregation_weights(mask_BxT: jax.Array, mode: str, *, constant: float | None = None,
+                        max_tokens: int | None = None) -> jax.Array:
     """Per-token weights `w_BxT` for the whole minibatch; see the module docstring."""
     if mode not in AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {mode!r}; choose from {sorted(AGGREGATIONS)}")
     if mode == "constant":
-        return constant_weights(mask_BxT, constant=constant)
-    if constant is not None:
-        raise ValueError(f"constant={constant} is only used by mode 'constant', not {mode!r}")
+        return constant_weights(mask_BxT, constant=constant, max_tokens=max_tokens)
+    if constant is not None or max_tokens is not None:
+        raise ValueError(f"constant={constant} / max_tokens={max_tokens} are only used by mode "
+                         f"'constant', not {mode!r}")
     return AGGREGATIONS[mode](mask_BxT)
 
 
@@ -101,8 +125,13 @@ def mask_truncated(mask_BxT: jax.Array, truncated_B: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class AggregationConfig:
+    """mode: see the module docstring. For 'constant' (Dr.GRPO) give `max_tokens` (the completion
+    budget; the RL loop sets it to rollout.max_new_tokens when left None) or a fixed `constant`.
+    mask_truncated: completions cut at the length limit give no gradient (DAPO's overlong
+    filtering)."""
     mode: str = "token_mean"
     constant: float | None = None
+    max_tokens: int | None = None
     mask_truncated: bool = False
 
     def __post_init__(self):
@@ -112,6 +141,17 @@ class AggregationConfig:
         if self.constant is not None and (self.mode != "constant" or not self.constant > 0):
             raise ValueError(f"constant={self.constant} needs mode 'constant' and a value > 0 "
                              f"(mode is {self.mode!r})")
+        if self.max_tokens is not None:
+            if self.mode != "constant":
+                raise ValueError(f"max_tokens={self.max_tokens} needs mode 'constant' "
+                                 f"(mode is {self.mode!r})")
+            if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) \
+                    or self.max_tokens < 1:
+                raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
+            if self.constant is not None:
+                raise ValueError(f"give max_tokens ({self.max_tokens}) or constant "
+                                 f"({self.constant}) for mode 'constant', not both")
 
     def weights(self, mask_BxT: jax.Array) -> jax.Array:
-        return aggregation_weights(mask_BxT, self.mode, constant=self.constant)
+        return aggregation_weights(mask_BxT, self.mode, constant=self.constant,
+                                   max_tokens=self.max_tokens)

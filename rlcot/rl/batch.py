@@ -99,7 +99,9 @@ def compute_advantages(adv: AdvantageConfig, score_N: jax.Array, mask_NxL: jax.A
             raise ValueError(f"{N} rows do not split into groups of {group_size}")
         seq_N = kl_in_sequence_rewards(score_N, kl_NxL, m, kl_coef)
         valid_BxG = None if row_valid_N is None else row_valid_N.reshape(-1, group_size)
-        adv_BxG = adv.fn(seq_N.reshape(-1, group_size), mask_BxG=valid_BxG, **adv.knobs())
+        extra = {"lengths_BxG": m.sum(-1).reshape(-1, group_size)} if adv.needs_lengths else {}
+        adv_BxG = adv.fn(seq_N.reshape(-1, group_size), mask_BxG=valid_BxG, **extra,
+                         **adv.knobs())
         return adv_BxG.reshape(N)[:, None] * m, None
     rewards_NxL = kl_in_token_rewards(score_N, kl_NxL, m, kl_coef)
     if adv.estimator == "gae":

@@ -1,9 +1,12 @@
-"""KL to a frozen reference policy: k1/k2/k3, in the loss or in the reward, coefficient control.
+"""KL to a frozen reference policy: k1/k2/k3/abs, in the loss or in the reward, coefficient control.
 
 All estimators use `log r = logp_ref - logp` per token (samples come from the policy), clamped
-to [-clamp, clamp] before anything is exponentiated, so extreme log-ratios give large finite
-values instead of inf or nan. The clamp also zeroes the gradient beyond it, which only happens
-for log-ratios no sane update produces.
+to [-clamp, clamp] (default 20, as verl) before anything is exponentiated, so extreme log-ratios
+give large finite values instead of inf or nan. k3 is then clamped to [-k3_max, k3_max]
+(default 10), exactly verl's `low_var_kl`: without it one token with |log r| = 20 would add
+exp(20) ~ 4.9e8 to the penalty. Both clamps zero the gradient beyond them, which only happens
+for log-ratios no sane update produces. Names as in verl: k1 = "kl", abs = "abs",
+k2 = "mse", k3 = "low_var_kl".
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 DEFAULT_CLAMP = 20.0
+DEFAULT_K3_MAX = 10.0
 
 
 def log_ratio(logp_BxT: jax.Array, logp_ref_BxT: jax.Array,
@@ -35,13 +39,23 @@ def k2(logp_BxT: jax.Array, logp_ref_BxT: jax.Array, *, clamp: float = DEFAULT_C
     return 0.5 * jnp.square(log_ratio(logp_BxT, logp_ref_BxT, clamp))
 
 
-def k3(logp_BxT: jax.Array, logp_ref_BxT: jax.Array, *, clamp: float = DEFAULT_CLAMP) -> jax.Array:
-    """k3 = r - 1 - log r: unbiased, low variance, >= 0."""
+def k3(logp_BxT: jax.Array, logp_ref_BxT: jax.Array, *, clamp: float = DEFAULT_CLAMP,
+       k3_max: float | None = DEFAULT_K3_MAX) -> jax.Array:
+    """k3 = r - 1 - log r: unbiased, low variance, >= 0; clamped to [-k3_max, k3_max] (verl's
+    low_var_kl; None: no clamp)."""
     lr = log_ratio(logp_BxT, logp_ref_BxT, clamp)
-    return jnp.expm1(lr) - lr
+    out = jnp.expm1(lr) - lr
+    return out if k3_max is None else jnp.clip(out, -k3_max, k3_max)
 
 
-KL_ESTIMATORS: dict[str, Callable[..., jax.Array]] = {"k1": k1, "k2": k2, "k3": k3}
+def kl_abs(logp_BxT: jax.Array, logp_ref_BxT: jax.Array, *,
+           clamp: float = DEFAULT_CLAMP) -> jax.Array:
+    """abs = |log r| (verl's "abs"): >= 0, biased, the L1 distance of the log-probs."""
+    return jnp.abs(log_ratio(logp_BxT, logp_ref_BxT, clamp))
+
+
+KL_ESTIMATORS: dict[str, Callable[..., jax.Array]] = {"k1": k1, "k2": k2, "k3": k3,
+                                                     "abs": kl_abs}
 
 
 def _last_valid_onehot(mask_BxT: jax.Array) -> jax.Array:
@@ -96,7 +110,8 @@ KL_CONTROLLERS: dict[str, Callable[..., jax.Array]] = {
 @dataclasses.dataclass(frozen=True)
 class KLConfig:
     """KL penalty to the reference model. `coef` is the initial coefficient; the controller
-    updates it between steps, so the update step takes the current value as an array."""
+    updates it between steps, so the update step takes the current value as an array.
+    clamp: bound on |log r| before any exp; k3_max: bound on the k3 value (None: none)."""
     estimator: str = "k3"
     placement: Literal["loss", "reward", "none"] = "none"
     coef: float = 0.0
@@ -104,6 +119,7 @@ class KLConfig:
     target: float | None = None
     horizon: float | None = None
     clamp: float = DEFAULT_CLAMP
+    k3_max: float | None = DEFAULT_K3_MAX
 
     def __post_init__(self):
         if self.estimator not in KL_ESTIMATORS:
@@ -119,6 +135,8 @@ class KLConfig:
             raise ValueError(f"KL coef must be >= 0, got {self.coef}")
         if not self.clamp > 0:
             raise ValueError(f"KL log-ratio clamp must be > 0, got {self.clamp}")
+        if self.k3_max is not None and not self.k3_max > 0:
+            raise ValueError(f"k3_max must be > 0 (or None), got {self.k3_max}")
         if self.controller == "adaptive":
             if self.target is None or not self.target > 0:
                 raise ValueError(f"adaptive KL needs target > 0, got {self.target}")
@@ -132,7 +150,8 @@ class KLConfig:
         return self.placement != "none"
 
     def estimate(self, logp_BxT: jax.Array, logp_ref_BxT: jax.Array) -> jax.Array:
-        return KL_ESTIMATORS[self.estimator](logp_BxT, logp_ref_BxT, clamp=self.clamp)
+        extra = {"k3_max": self.k3_max} if self.estimator == "k3" else {}
+        return KL_ESTIMATORS[self.estimator](logp_BxT, logp_ref_BxT, clamp=self.clamp, **extra)
 
     def update_coef(self, coef: jax.Array, observed_kl: jax.Array,
                     n_steps: int | jax.Array) -> jax.Array:

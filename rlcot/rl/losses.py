@@ -140,12 +140,19 @@ _KNOBS = {
 }
 
 
+# Clip ranges a loss gets when eps_low / eps_high are left None: PPO's 0.2, and the GSPO
+# paper's 3e-4 / 4e-4 (sequence ratios are length-normalised, so they stay within ~1e-3 of 1
+# and PPO's 0.2 would leave GSPO effectively unclipped). verl's GSPO recipe uses the same.
+DEFAULT_CLIP: dict[str, tuple[float, float]] = {"ppo_clip": (0.2, 0.2), "gspo": (3e-4, 4e-4)}
+
+
 @dataclasses.dataclass(frozen=True)
 class PolicyLossConfig:
-    """Policy loss by name and its knobs (for GSPO set eps to the paper's 3e-4 / 4e-4)."""
+    """Policy loss by name and its knobs. eps_low / eps_high None take the loss's own default
+    (`DEFAULT_CLIP`: 0.2 / 0.2 for ppo_clip, 3e-4 / 4e-4 for gspo); set them to override."""
     name: str = "ppo_clip"
-    eps_low: float = 0.2
-    eps_high: float = 0.2
+    eps_low: float | None = None
+    eps_high: float | None = None
     dual_clip_c: float | None = None
     tau: float = 1.0
     log_ratio_clamp: float = DEFAULT_CLAMP
@@ -154,20 +161,35 @@ class PolicyLossConfig:
         if self.name not in POLICY_LOSSES:
             raise ValueError(f"unknown policy loss {self.name!r}; "
                              f"choose from {sorted(POLICY_LOSSES)}")
-        if not 0.0 <= self.eps_low < 1.0:
+        if self.eps_low is not None and not 0.0 <= self.eps_low < 1.0:
             raise ValueError(f"eps_low must be in [0, 1), got {self.eps_low}")
-        if not self.eps_high >= 0.0:
+        if self.eps_high is not None and not self.eps_high >= 0.0:
             raise ValueError(f"eps_high must be >= 0, got {self.eps_high}")
         if self.dual_clip_c is not None and not self.dual_clip_c > 1.0:
             raise ValueError(f"dual_clip_c must be > 1 (it bounds ratios above 1), "
                              f"got {self.dual_clip_c}")
+        if self.name not in DEFAULT_CLIP and (self.eps_low, self.eps_high) != (None, None):
+            raise ValueError(f"eps_low / eps_high are only used by {sorted(DEFAULT_CLIP)}, not by "
+                             f"{self.name!r} (got {self.eps_low}, {self.eps_high})")
         if not self.tau > 0:
             raise ValueError(f"kimi tau must be > 0, got {self.tau}")
         if not self.log_ratio_clamp > 0:
             raise ValueError(f"log_ratio_clamp must be > 0, got {self.log_ratio_clamp}")
 
+    @property
+    def clip_range(self) -> tuple[float, float] | None:
+        """(eps_low, eps_high) this loss uses, defaults filled in; None for unclipped losses."""
+        if self.name not in DEFAULT_CLIP:
+            return None
+        lo, hi = DEFAULT_CLIP[self.name]
+        return (lo if self.eps_low is None else self.eps_low,
+                hi if self.eps_high is None else self.eps_high)
+
     def knobs(self) -> dict:
-        return {k: getattr(self, k) for k in _KNOBS[self.name]}
+        out = {k: getattr(self, k) for k in _KNOBS[self.name]}
+        if self.clip_range is not None:
+            out["eps_low"], out["eps_high"] = self.clip_range
+        return out
 
     def __call__(self, logp_BxT, logp_old_BxT, adv_BxT, mask_BxT) -> tuple[jax.Array, Aux]:
         return POLICY_LOSSES[self.name](logp_BxT, logp_old_BxT, adv_BxT, mask_BxT, **self.knobs())

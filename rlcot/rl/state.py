@@ -24,9 +24,11 @@ class UpdateConfig:
     chunk; remat: rematerialise decoder layers in the backward pass. The loop aborts after
     `max_nonfinite_streak` skipped (non-finite) optimizer steps in a row.
 
-    Aggregation mode 'constant' (Dr.GRPO) defaults to rows x L of the minibatch, and L here
-    includes the prompt: set `objective.aggregation.constant` (e.g. minibatch rows x
-    max_new_tokens) for the paper's normaliser."""
+    Aggregation mode 'constant' (Dr.GRPO) divides each minibatch's token sum by its non-empty
+    rows x `objective.aggregation.max_tokens`, the completion budget (the loop sets it to
+    rollout.max_new_tokens), or by a fixed `objective.aggregation.constant`; never by the padded
+    prompt + completion length (see rl.aggregation). A minibatch without a valid token takes
+    no optimizer step."""
     objective: ObjectiveConfig = ObjectiveConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     value: ValueConfig | None = None

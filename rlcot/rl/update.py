@@ -7,7 +7,9 @@ permutation from its key (`minibatch_order`) and scans over the minibatches; eac
 computes its aggregation weights from its whole mask, then scans over micro-batches summing
 gradients (`minibatch_grads`), so accumulation gives the full-minibatch gradient exactly in
 every aggregation mode. A minibatch whose loss or gradient is not finite is skipped: parameters
-and optimizer state stay as they were and the counters in the state record it.
+and optimizer state stay as they were and the counters in the state record it. A minibatch
+without a valid token (all its rows masked out) is skipped the same way, without counting as
+non-finite: no moment update, no weight decay.
 """
 
 from __future__ import annotations
@@ -219,18 +221,27 @@ def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: Tr
         grad_norm = optax.tree.norm(grads)
         metrics.update(loss=loss, grad_norm=grad_norm, grad_norm_max=grad_norm,
                        lr=schedule(opt_step))
-        ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
-        new = _apply(tx, grads, opt_state, params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
         if critic:
             metrics["critic_grad_norm"] = optax.tree.norm(cgrads)
-            ok &= jnp.isfinite(metrics["value_loss"]) & jnp.isfinite(metrics["critic_grad_norm"])
+            finite &= (jnp.isfinite(metrics["value_loss"])
+                       & jnp.isfinite(metrics["critic_grad_norm"]))
+        # No valid token (every row masked out): no step at all. A zero gradient would still
+        # move Adam's moments and apply weight decay.
+        has_tokens = jnp.sum(mask) > 0
+        ok = finite & has_tokens
+        new = _apply(tx, grads, opt_state, params)
+        if critic:
             cparams, copt_state = _keep_if(ok, _apply(ctx, cgrads, copt_state, cparams),
                                            (cparams, copt_state))
         params, opt_state = _keep_if(ok, new, (params, opt_state))
-        metrics["skipped"] = (~ok).astype(jnp.float32)
-        carry = (params, opt_state, cparams, copt_state, opt_step + ok,
-                 jnp.where(ok, 0, streak + 1), total + (~ok))
-        return carry, (metrics, ok)
+        metrics["skipped"] = (~finite).astype(jnp.float32)
+        metrics["skipped_empty"] = (~has_tokens).astype(jnp.float32)
+        # The non-finite streak counts non-finite steps; an empty minibatch leaves it as it was.
+        streak = jnp.where(finite, jnp.where(has_tokens, 0, streak), streak + 1)
+        carry = (params, opt_state, cparams, copt_state, opt_step + ok, streak,
+                 total + (~finite))
+        return carry, (metrics, ok, finite)
 
     def epoch(carry, key):
         order_MxS = minibatch_order(key, N, cfg.minibatches, cfg.shuffle)
@@ -239,11 +250,13 @@ def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: Tr
 
     carry = (state.params, state.opt_state, state.critic_params, state.critic_opt_state,
              state.opt_step, state.nonfinite_streak, state.nonfinite_total)
-    carry, (metrics_ExM, ok_ExM) = jax.lax.scan(epoch, carry, jax.random.split(rng, cfg.epochs))
+    carry, (metrics_ExM, ok_ExM, finite_ExM) = jax.lax.scan(epoch, carry,
+                                                           jax.random.split(rng, cfg.epochs))
     params, opt_state, cparams, copt_state, opt_step, streak, total = carry
 
     metrics = _summarize(metrics_ExM, ok_ExM)
-    metrics["skipped"] = jnp.sum(~ok_ExM).astype(jnp.float32)
+    metrics["skipped"] = jnp.sum(~finite_ExM).astype(jnp.float32)
+    metrics["skipped_empty"] = jnp.sum(metrics_ExM["skipped_empty"])
     observed_kl = _observed_kl(cfg, data)
     kl_coef = state.kl_coef
     if cfg.objective.kl.controller == "adaptive":
@@ -274,7 +287,8 @@ def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: Trai
     kl_loss, entropy_loss (aggregated loss terms), kl_ref_mean, entropy_mean, approx_kl_mean,
     ratio_mean/min/max, clipped_low/high/dual_frac, adv_mean/std/min/max, tis_* (with TIS),
     grad_norm (before clipping) and grad_norm_max, lr, value_loss, value_mean,
-    vf_clipped_frac, critic_grad_norm (with a critic); per update: skipped, opt_steps,
+    vf_clipped_frac, critic_grad_norm (with a critic); per update: skipped (non-finite),
+    skipped_empty (minibatches without a valid token), opt_steps,
     nonfinite_streak, nonfinite_total, kl_coef (after the controller), rollout_kl, tokens
     (positions processed, epochs x N x L) and loss_tokens.
     """

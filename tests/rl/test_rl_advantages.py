@@ -69,18 +69,56 @@ def test_rloo():
           [[-3.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
 
 
-def test_reinforce_pp():
+def test_reinforce_pp_per_sequence_option():
+    # whiten_over="sequences" (rlcot's earlier default): every valid row counts once.
     # No baseline: batch mean 2.5, unbiased batch var 5.1 (see test_grpo_batch_std_and_none).
-    close(A.reinforce_pp(R, eps=0.0), (R - 2.5) / math.sqrt(5.1))
+    seq = functools.partial(A.reinforce_pp, whiten_over="sequences", eps=0.0)
+    close(seq(R), (R - 2.5) / math.sqrt(5.1))
     # Group baseline first: x = [-3, 0, 3, -1, -1, 2], batch mean 0,
     # sum of squares 9 + 9 + 1 + 1 + 4 = 24, unbiased var 24/5 = 4.8.
     x = jnp.array([[-3.0, 0.0, 3.0], [-1.0, -1.0, 2.0]])
-    close(A.reinforce_pp(R, group_baseline=True, eps=0.0), x / math.sqrt(4.8))
+    close(seq(R, group_baseline=True), x / math.sqrt(4.8))
     # Masked sample: valid 0,3,6,1,4 -> mean 2.8, squares 7.84+.04+10.24+3.24+1.44 = 22.8,
     # unbiased var 22.8/4 = 5.7.
     mask = jnp.array([[1, 1, 1], [0, 1, 1]])
-    got = A.reinforce_pp(R, mask_BxG=mask, eps=0.0)
-    close(got, jnp.where(mask > 0, (R - 2.8) / math.sqrt(5.7), 0.0))
+    close(seq(R, mask_BxG=mask), jnp.where(mask > 0, (R - 2.8) / math.sqrt(5.7), 0.0))
+
+
+def test_reinforce_pp_baseline_whitens_over_tokens():
+    # verl / OpenRLHF: x put on every valid token, whitened over the batch's tokens.
+    # x = [-3, 0, 3, -1, -1, 2] with lengths [1, 2, 3, 4, 1, 2]: 13 tokens,
+    # sum len*x = -3 + 0 + 9 - 4 - 1 + 4 = 5 -> mean 5/13; sum len*x^2 = 49,
+    # sum len*(x - mean)^2 = 49 - 25/13 = 612/13, unbiased var 612/13/12 = 51/13.
+    lengths = jnp.array([[1, 2, 3], [4, 1, 2]])
+    x = jnp.array([[-3.0, 0.0, 3.0], [-1.0, -1.0, 2.0]])
+    got = A.reinforce_pp(R, lengths_BxG=lengths, group_baseline=True, eps=0.0)
+    close(got, (x - 5 / 13) / math.sqrt(51 / 13))
+    close(got[0, 2], 34 / math.sqrt(663))                    # 1.320451
+    # The old per-sequence whitening gave 3 / sqrt(4.8) = 1.369306 for that sample.
+    old = A.reinforce_pp(R, group_baseline=True, whiten_over="sequences", eps=0.0)
+    close(old[0, 2], 1.3693064)
+    assert abs(float(got[0, 2]) - float(old[0, 2])) > 0.04
+    # A row without tokens takes part in its group mean but not in the whitening: lengths
+    # [0, 2, 3, 4, 1, 2] -> 12 tokens, sum len*x = 8, mean 2/3, sum len*x^2 = 40,
+    # sum len*(x - mean)^2 = 40 - 12 * 4/9 = 104/3, var 104/33.
+    l0 = lengths.at[0, 0].set(0)
+    got = A.reinforce_pp(R, lengths_BxG=l0, group_baseline=True, eps=0.0)
+    close(got[1], (x[1] - 2 / 3) / math.sqrt(104 / 33))
+    # Equal lengths: token whitening equals sequence whitening up to the ddof
+    # (unbiased_std=False makes them identical).
+    eq = jnp.full((2, 3), 5)
+    close(A.reinforce_pp(R, lengths_BxG=eq, unbiased_std=False, eps=0.0),
+          A.reinforce_pp(R, whiten_over="sequences", unbiased_std=False, eps=0.0))
+    with pytest.raises(ValueError, match="needs lengths_BxG"):
+        A.reinforce_pp(R)
+    with pytest.raises(ValueError, match="lengths shape"):
+        A.reinforce_pp(R, lengths_BxG=lengths[0])
+    with pytest.raises(ValueError, match="whiten_over"):
+        A.reinforce_pp(R, lengths_BxG=lengths, whiten_over="rows")
+    with pytest.raises(ValueError, match="whiten_over"):
+        A.AdvantageConfig(estimator="reinforce_pp", whiten_over="rows")
+    assert A.AdvantageConfig(estimator="reinforce_pp").needs_lengths
+    assert not A.AdvantageConfig(estimator="reinforce_pp", whiten_over="sequences").needs_lengths
 
 
 def test_gae_three_steps_by_hand():
@@ -134,7 +172,8 @@ def test_table_config_and_jit():
     fn = jax.jit(functools.partial(cfg.fn, **cfg.knobs()))
     close(fn(R), A.grpo(R, std_over="batch", eps=0.0))
     for name, f in A.ADVANTAGE_ESTIMATORS.items():
-        kn = A.AdvantageConfig(estimator=name).knobs()
+        c = A.AdvantageConfig(estimator=name)
+        kn = dict(c.knobs(), **({"lengths_BxG": jnp.ones((2, 3))} if c.needs_lengths else {}))
         close(jax.jit(functools.partial(f, **kn))(R, mask_BxG=jnp.ones((2, 3))), f(R, **kn))
     with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
         A.AdvantageConfig(estimator="ppo")

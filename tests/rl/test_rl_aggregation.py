@@ -67,29 +67,77 @@ def test_seq_mean_token_sum():
 
 
 def test_constant_dr_grpo():
-    w = aggregation_weights(MASK, "constant")
-    # Default constant rows * T = 4 * 3 = 12 (G * max_tokens per group): 21 / 12 = 1.75.
-    close(aggregate(LOSS, w), 1.75)
-    close(microbatch_sum("constant"), 1.75)
-    # Bug: each micro-batch divided by its own rows * T = 6, then summed: 10/6 + 11/6 = 3.5.
-    w1, w2 = aggregation_weights(MASK[:2], "constant"), aggregation_weights(MASK[2:], "constant")
+    w = aggregation_weights(MASK, "constant", max_tokens=3)
+    # Non-empty rows x budget = 3 * 3 = 9 (verl's seq-mean-token-sum-norm): 21 / 9 = 2.333333.
+    close(aggregate(LOSS, w), 21 / 9)
+    close(microbatch_sum("constant", max_tokens=3), 21 / 9)
+    # The old default, all rows x T = 4 * 3 = 12, counted the dynamic-sampling row: 1.75.
+    close(aggregate(LOSS, MASK / 12.0), 1.75)
+    assert abs(float(aggregate(LOSS, w)) - 1.75) > 0.5
+    # Bug: each micro-batch divided by its own rows x budget (2 * 3 and 1 * 3), then summed:
+    # 10/6 + 11/3 = 5.333333.
+    w1 = aggregation_weights(MASK[:2], "constant", max_tokens=3)
+    w2 = aggregation_weights(MASK[2:], "constant", max_tokens=3)
     bug = aggregate(LOSS[:2], w1) + aggregate(LOSS[2:], w2)
-    close(bug, 3.5)
-    assert abs(bug - 1.75) > 1.0
-    # A configured constant, e.g. G * max_tokens = 2 * 3: 21 / 6.
+    close(bug, 10 / 6 + 11 / 3)
+    assert abs(bug - 21 / 9) > 1.0
+    # A configured constant, e.g. TRL's rows x max_completion_length = 2 * 3: 21 / 6.
     close(aggregate(LOSS, aggregation_weights(MASK, "constant", constant=6.0)), 3.5)
     close(microbatch_sum("constant", constant=6.0), 3.5)
-    # Unlike token_mean, the normaliser ignores the mask: masking a token lowers the loss.
+    # Unlike token_mean, the normaliser ignores token counts: masking a token lowers the loss.
     m2 = MASK.at[0, 2].set(0)
-    close(aggregate(LOSS, aggregation_weights(m2, "constant")), 18 / 12)
+    close(aggregate(LOSS, aggregation_weights(m2, "constant", max_tokens=3)), 18 / 9)
+
+
+def test_constant_ignores_prompt_padding_and_empty_rows():
+    """Dr.GRPO's loss scale is tied to the completion budget: the same completions behind a
+    longer padded prompt, or with more dynamic-sampling leftovers, give the same loss."""
+    budget = 4
+    base = aggregate(LOSS, aggregation_weights(MASK, "constant", max_tokens=budget))
+    close(base, 21 / 12)                                  # 3 non-empty rows x 4
+    for prompt_cols in (1, 5, 29):
+        loss = jnp.concatenate([jnp.full((4, prompt_cols), 7.0), LOSS], axis=1)
+        mask = jnp.concatenate([jnp.zeros((4, prompt_cols), MASK.dtype), MASK], axis=1)
+        got = aggregate(loss, aggregation_weights(mask, "constant", max_tokens=budget))
+        close(got, 21 / 12)
+        # The old normaliser, rows x padded length L: 21 / (4 * (3 + prompt_cols)), e.g.
+        # 21 / 32 = 0.65625 behind 5 prompt columns.
+        old = aggregate(loss, mask / float(mask.size))
+        close(old, 21 / (4 * (3 + prompt_cols)))
+        assert abs(float(old) - float(got)) > 0.3
+    # Two more empty rows (dynamic sampling ran out of rounds): unchanged; the old normaliser
+    # went from 21 / 12 to 21 / 18.
+    more = jnp.concatenate([MASK, jnp.zeros((2, 3), MASK.dtype)])
+    loss = jnp.concatenate([LOSS, jnp.ones((2, 3))])
+    close(aggregate(loss, aggregation_weights(more, "constant", max_tokens=budget)), 21 / 12)
+    # The update step computes the weights under jit: same value.
+    import jax
+    w = jax.jit(lambda m: AggregationConfig(mode="constant", max_tokens=budget).weights(m))(more)
+    close(aggregate(loss, w), 21 / 12)
+    with pytest.raises(ValueError, match="exactly one of max_tokens"):
+        aggregation_weights(MASK, "constant")
+    with pytest.raises(ValueError, match="exactly one of max_tokens"):
+        aggregation_weights(MASK, "constant", max_tokens=3, constant=9.0)
+    with pytest.raises(ValueError, match="below the longest row"):
+        aggregation_weights(MASK, "constant", max_tokens=2)
+    with pytest.raises(ValueError, match="int >= 1"):
+        aggregation_weights(MASK, "constant", max_tokens=0)
+    with pytest.raises(ValueError, match="needs mode 'constant'"):
+        AggregationConfig(mode="token_mean", max_tokens=5)
+    with pytest.raises(ValueError, match="not both"):
+        AggregationConfig(mode="constant", max_tokens=5, constant=3.0)
+    with pytest.raises(ValueError, match="int >= 1"):
+        AggregationConfig(mode="constant", max_tokens=2.5)
 
 
 def test_length_bias_differs_between_modes():
     # Two sequences with the same per-token loss 1 but lengths 1 and 3: token_mean and
-    # seq_mean_token_mean give 1; seq_mean_token_sum gives (1 + 3)/2 = 2; constant 4/6.
+    # seq_mean_token_mean give 1; seq_mean_token_sum gives (1 + 3)/2 = 2; constant 4/(2*3).
     loss = jnp.ones((2, 3))
     mask = jnp.array([[1, 0, 0], [1, 1, 1]])
-    got = {m: float(aggregate(loss, aggregation_weights(mask, m))) for m in AGGREGATIONS}
+    kw = {"constant": {"max_tokens": 3}}
+    got = {m: float(aggregate(loss, aggregation_weights(mask, m, **kw.get(m, {}))))
+           for m in AGGREGATIONS}
     close([got["token_mean"], got["seq_mean_token_mean"], got["seq_mean_token_sum"],
            got["constant"]], [1.0, 1.0, 2.0, 4 / 6])
     # Per-token loss 1 on the short row and 2 on the long one: token_mean weights tokens
@@ -101,7 +149,8 @@ def test_length_bias_differs_between_modes():
 
 def test_all_masked_gives_zero_not_nan():
     for mode in AGGREGATIONS:
-        w = aggregation_weights(jnp.zeros((2, 3)), mode)
+        kw = {"max_tokens": 3} if mode == "constant" else {}
+        w = aggregation_weights(jnp.zeros((2, 3)), mode, **kw)
         assert float(aggregate(LOSS[:2], w)) == 0.0, mode
 
 
@@ -116,6 +165,8 @@ def test_mask_truncated_and_config():
         AggregationConfig(mode="token_mean", constant=5.0)
     with pytest.raises(ValueError, match="only used by mode 'constant'"):
         aggregation_weights(MASK, "token_mean", constant=3.0)
+    with pytest.raises(ValueError, match="only used by mode 'constant'"):
+        aggregation_weights(MASK, "token_mean", max_tokens=3)
     with pytest.raises(ValueError, match="must be > 0"):
         aggregation_weights(MASK, "constant", constant=0.0)
     with pytest.raises(ValueError, match=r"mask must be \[B, T\]"):

@@ -85,7 +85,8 @@ def test_microbatches_match_full_batch(setup, loss_name, extra):
     cfg = ObjectiveConfig(policy=POLICIES[loss_name], **EXTRAS[extra])
     mb = B // N_MICRO
     for mode in AGGREGATIONS:
-        w = aggregation_weights(batch["mask"], mode)
+        kw = {"max_tokens": batch["mask"].shape[1]} if mode == "constant" else {}
+        w = aggregation_weights(batch["mask"], mode, **kw)
         full_loss, full_grad = loss_and_grad(cfg, params, batch, w)
         acc_loss, acc_grad = 0.0, jax.tree.map(jnp.zeros_like, params)
         for i in range(N_MICRO):

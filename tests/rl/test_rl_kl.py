@@ -24,7 +24,36 @@ def test_estimators_by_hand():
     close(kl.k3(logp, ref), [[0.5 - 1.0 + ln2, 0.0]])          # r - 1 - log r = 0.193147
     # pi = 0.25, ref = 0.5: log r = +ln 2; k3 = 2 - 1 - ln 2 = 0.306853.
     close(kl.k3(ref, logp)[0, 0], 1.0 - ln2)
-    assert set(kl.KL_ESTIMATORS) == {"k1", "k2", "k3"}
+    # abs = |log r| (verl's "abs"): ln 2 both ways.
+    close(kl.kl_abs(logp, ref), [[ln2, 0.0]])
+    close(kl.kl_abs(ref, logp), [[ln2, 0.0]])
+    close(kl.KLConfig(estimator="abs").estimate(ref, logp), [[ln2, 0.0]])
+    assert set(kl.KL_ESTIMATORS) == {"k1", "k2", "k3", "abs"}
+
+
+def test_k3_clamped_like_verl_low_var_kl():
+    # |log r| = 25: the log-ratio clamp (20) gives e^20 - 21 = 4.85e8 before the value clamp;
+    # verl's low_var_kl (and now rlcot's k3) clamps the value to 10.
+    logp = jnp.array([[-25.0, 0.0, 0.0, -3.0]])
+    ref = jnp.array([[0.0, -25.0, -2.0, 0.0]])
+    v = kl.k3(logp, ref)
+    close(v[0, 0], 10.0)                                       # log r = +25 (clamped at 20)
+    close(v[0, 1], 10.0)                                       # log r = -25: 19 -> 10
+    old = kl.k3(logp, ref, k3_max=None)                        # the old behaviour
+    close(old[0, 1], 19.0 + math.exp(-20))
+    np.testing.assert_allclose(float(old[0, 0]), math.exp(20) - 21.0, rtol=1e-6)  # 4.85e8
+    # Inside the band the clamp changes nothing: log r = -2 -> e^-2 - 1 + 2 = 1.135335;
+    # log r = +3 -> e^3 - 4 = 16.09 -> 10.
+    close(v[0, 2], math.exp(-2) + 1.0)
+    close(v[0, 3], 10.0)
+    close(old[0, 3], math.exp(3) - 4.0, tol=1e-5)
+    # The clamp is configurable and zeroes the gradient beyond it (as verl's clamp does).
+    close(kl.KLConfig(k3_max=None).estimate(logp, ref)[0, 3], math.exp(3) - 4.0, tol=1e-5)
+    close(kl.KLConfig(k3_max=50.0).estimate(logp, ref)[0, 3], math.exp(3) - 4.0, tol=1e-5)
+    g = jax.grad(lambda lp: kl.k3(lp, ref).sum())(logp)
+    close(g[0, 3], 0.0)
+    with pytest.raises(ValueError, match="k3_max"):
+        kl.KLConfig(k3_max=0.0)
 
 
 def test_clamps_keep_everything_finite():
@@ -33,8 +62,11 @@ def test_clamps_keep_everything_finite():
     for name, fn in kl.KL_ESTIMATORS.items():
         val = fn(logp, ref)
         assert jnp.all(jnp.isfinite(val)), (name, val)
-    # Clamped at |log r| = 20: k3(-20) = e^-20 - 1 + 20; k3(+20) = e^20 - 21.
+    # Clamped at |log r| = 20: k3(-20) = e^-20 - 1 + 20 = 19 -> 10 (value clamp); k3(+20) =
+    # e^20 - 21 -> 10. Without the value clamp, the log-ratio clamp alone gives those values.
     v = kl.k3(logp, ref)
+    close(v[0, :2], [10.0, 10.0])
+    v = kl.k3(logp, ref, k3_max=None)
     close(v[0, 0], math.exp(-20) + 19.0)
     np.testing.assert_allclose(float(v[0, 1]), math.exp(20) - 21.0, rtol=1e-6)
     close(kl.k2(logp, ref)[0, 0], 200.0)

@@ -92,7 +92,9 @@ def test_four_micro_batches_equal_one(setup, name):
     one, four = (grads_fn(name, k, graphdef, cgraphdef) for k in (1, 4))
     for mode in AGGREGATIONS:
         # Weights from the whole minibatch, before it is split (as the update step does).
-        w = dict(w=aggregation_weights(mb["mask"], mode), w_metric=token_mean_weights(mb["mask"]))
+        kw = {"max_tokens": mb["mask"].shape[1]} if mode == "constant" else {}
+        w = dict(w=aggregation_weights(mb["mask"], mode, **kw),
+                 w_metric=token_mean_weights(mb["mask"]))
         if critic:
             w["w_value"] = aggregation_weights(mb["mask"], "seq_mean_token_mean")
         g1, cg1, loss1, m1 = one(params, cparams, {**mb, **w})
