@@ -2,6 +2,10 @@
 
     run    the RL loop of an experiment (resumes from DIR when a checkpoint is there)
     eval   the experiment's evaluation suite on its initial model (or DIR's latest checkpoint)
+    sweep  every point of the experiment's get_sweep under --root (finished points skipped,
+           unfinished ones resumed; --parallel N at once; --dry_run prints the commands)
+    table  --root's table.md and table.csv: mean +- s.e. over seeds per arm and metric
+    plot   --root's curves.png (seed bands per arm) and bars.png (the table's main metric)
 
 Any config field can be overridden with --config.KEY=VALUE (e.g. --config.train.steps=20);
 unknown keys fail before anything is computed. On a TPU pod, run the same command on every
@@ -21,8 +25,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file, optionally with a variant: experiments/NAME.py[:VARIANT].",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
+_ROOT = flags.DEFINE_string("root", None, "sweep/table/plot: the sweep's directory (one run "
+                            "directory per point, plus logs/, table.md, table.csv, *.png).")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: points run at once (cores split).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print one command per point, run none.")
 
 COMMANDS = ("run", "eval")
+SWEEP_COMMANDS = ("sweep", "table", "plot")
 
 
 def _maybe_init_distributed() -> None:
@@ -48,10 +57,25 @@ def _quiet_logging() -> None:
     root.propagate = False
 
 
+def _sweep_main(command: str) -> int:
+    """sweep / table / plot: they need the experiment file and variant (its get_sweep), not
+    only the config the flag loaded."""
+    if _CONFIG.value is None or _ROOT.value is None:
+        raise app.UsageError(f"{command}: --config and --root are required")
+    from rlcot.sweep import cli
+    spec = config_flags.get_config_filename(flags.FLAGS["config"])
+    if command == "sweep":
+        return cli.sweep_command(spec, _ROOT.value, parallel=_PARALLEL.value,
+                                 dry_run=_DRY_RUN.value)
+    return (cli.table_command if command == "table" else cli.plot_command)(spec, _ROOT.value)
+
+
 def main(argv: list[str]) -> None:
     commands = [a for a in argv[1:] if not a.startswith("-")]
+    if len(commands) == 1 and commands[0] in SWEEP_COMMANDS:
+        sys.exit(_sweep_main(commands[0]))
     if len(commands) != 1 or commands[0] not in COMMANDS:
-        raise app.UsageError(f"give one command of {COMMANDS}, got {commands}")
+        raise app.UsageError(f"give one command of {COMMANDS + SWEEP_COMMANDS}, got {commands}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
     _quiet_logging()

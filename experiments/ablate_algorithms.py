@@ -1,0 +1,171 @@
+"""Algorithm ablation on the toy world where checking steps are needed (r1_zero's toy_checks):
+GRPO, Dr.GRPO, DAPO, RLOO, REINFORCE++ (batch and group baseline), PPO with a GAE critic, GSPO
+and Kimi k1.5's surrogate, 3 seeds each; plus a KL-coefficient and a group-size (G) ablation.
+
+Commands (2 CPU cores: --parallel 2 gives each point one core):
+
+    python -m rlcot.main sweep --config experiments/ablate_algorithms.py --root runs/ablate_algorithms --parallel 2
+    python -m rlcot.main table --config experiments/ablate_algorithms.py --root runs/ablate_algorithms
+    python -m rlcot.main plot  --config experiments/ablate_algorithms.py --root runs/ablate_algorithms
+
+The KL and group-size studies: the same three commands with
+`--config experiments/ablate_algorithms.py:study=kl --root runs/ablate_kl` and
+`--config experiments/ablate_algorithms.py:study=group_size --root runs/ablate_group_size`.
+`--dry_run` on sweep prints one `python -m rlcot.main run ...` line per point instead.
+
+Arguments (`FILE:key=value,flag`): `study` (algorithms | kl | group_size) picks the sweep;
+`arm` picks one arm's config (what each point runs, e.g. `:arm=dapo`); `tiny` makes every run
+a few small steps on a small freshly pre-trained base model (a smoke test of the pipeline,
+not a result).
+
+Every arm starts from r1_zero's toy_checks config (base model, data, rewards, 40 steps, lr,
+2 minibatches, evaluation on 256 held-out problems) with the policy loss and its aggregation
+reset to their defaults and no KL term, then sets what defines it:
+
+| arm | advantage | policy loss | aggregation | also |
+|---|---|---|---|---|
+| grpo | grpo (group std) | ppo_clip | seq_mean_token_mean | |
+| dr_grpo | dr_grpo | ppo_clip | constant (the completion budget) | |
+| dapo | grpo | ppo_clip, clip-higher 0.2 / 0.28 | token_mean | dynamic sampling, dapo_overlong reward |
+| rloo | rloo | ppo_clip | seq_mean_token_mean | |
+| reinforce_pp | reinforce_pp (batch) | ppo_clip | token_mean | |
+| reinforce_pp_group | reinforce_pp, group_baseline | ppo_clip | token_mean | |
+| ppo_gae | gae (gamma, lam defaults) | ppo_clip | token_mean | critic (learner.value defaults) |
+| gspo | grpo | gspo (its own clip default) | seq_mean_token_mean | |
+| kimi | kimi | kimi (tau default) | seq_mean_token_mean | |
+
+The KL study is the grpo arm with a k3 KL term in the loss, coefficient 0 / 0.001 / 0.01 / 0.1;
+the group-size study the grpo arm with G = 2 / 4 / 8 / 16 samples per prompt (16 prompts per
+step throughout, so larger G samples more tokens).
+
+Results: PLACEHOLDER. The sweeps have not been run yet; no table or runtime exists. The tables
+written by the `table` command (table.md) and the measured runtimes go here once they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+from ml_collections import config_dict
+
+from rlcot import run_config
+from rlcot.rl.value import ValueConfig
+from rlcot.sweep import spec
+
+
+def _r1_zero():
+    """experiments/r1_zero.py beside this file (loaded by path: works from any directory)."""
+    name = "_rlcot_experiment_r1_zero"
+    if name not in sys.modules:
+        module_spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).with_name("r1_zero.py"))
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+ARMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_group", "ppo_gae",
+        "gspo", "kimi")
+STUDIES = ("algorithms", "kl", "group_size")
+DAPO_CLIP = (0.2, 0.28)  # DAPO's clip-higher (eps_low, eps_high); no library default exists
+SEEDS = (0, 1, 2)
+KL_COEFS = (0.0, 0.001, 0.01, 0.1)
+GROUP_SIZES = (2, 4, 8, 16)
+EVAL = "toyworld:test"  # the eval label of summary keys ('toyworld:test/greedy/pass@1')
+
+
+def _base() -> config_dict.ConfigDict:
+    c = _r1_zero().toy_checks()
+    c.name = "ablate_algorithms"
+    defaults = run_config.default_config().learner.objective
+    c.learner.objective.policy = defaults.policy
+    c.learner.objective.aggregation = defaults.aggregation
+    c.learner.objective.kl = defaults.kl
+    return c
+
+
+def _arm(c: config_dict.ConfigDict, arm: str) -> config_dict.ConfigDict:
+    adv, obj = c.advantage, c.learner.objective
+    adv.estimator = {"dr_grpo": "dr_grpo", "rloo": "rloo", "reinforce_pp": "reinforce_pp",
+                     "reinforce_pp_group": "reinforce_pp", "ppo_gae": "gae",
+                     "kimi": "kimi"}.get(arm, "grpo")
+    obj.aggregation.mode = {"dr_grpo": "constant", "dapo": "token_mean",
+                            "reinforce_pp": "token_mean", "reinforce_pp_group": "token_mean",
+                            "ppo_gae": "token_mean"}.get(arm, "seq_mean_token_mean")
+    obj.policy.name = {"gspo": "gspo", "kimi": "kimi"}.get(arm, "ppo_clip")
+    if arm == "reinforce_pp_group":
+        adv.group_baseline = True
+    if arm == "dapo":
+        obj.policy.eps_low, obj.policy.eps_high = DAPO_CLIP
+        c.rollout.dynamic_sampling = True
+        budget = c.rollout.max_new_tokens
+        c.rewards.overlong = {"reward": "dapo_overlong", "weight": 1.0, "max_len": budget,
+                              "cache_len": budget // 5}  # DAPO: a 4096 cache in 20480 tokens
+    if arm == "ppo_gae":
+        c.learner.value = dataclasses.asdict(ValueConfig())
+    return c
+
+
+def _tiny(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """A few small steps on a small, quickly pre-trained base model (a smoke test)."""
+    c.world.world.corpus_size = 2000
+    c.world.pretrain.steps, c.world.pretrain.batch_size = 30, 16
+    c.data.batch_prompts = 4
+    c.rollout.num_samples = 4
+    c.rollout.max_new_tokens = 96
+    c.train.steps = 2
+    c.train.checkpoint_every = 1
+    c.train.eval_every = 0
+    c.eval.datasets = (f"{EVAL}:16",)
+    c.eval.num_samples = 2
+    c.eval.max_new_tokens = 96
+    c.eval.batch_size = 16
+    return c
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    a = spec.parse_arg(arg, arm="grpo", study="algorithms", tiny=False)
+    if a["arm"] not in ARMS:
+        raise ValueError(f"unknown arm {a['arm']!r}; choose from {ARMS}")
+    if a["study"] not in STUDIES:
+        raise ValueError(f"unknown study {a['study']!r}; choose from {STUDIES}")
+    c = _base()
+    if a["tiny"]:
+        c = _tiny(c)
+    return _arm(c, a["arm"])
+
+
+def _table(tiny: bool) -> spec.Table:
+    k = 2 if tiny else 8  # eval samples per problem (config.eval.num_samples)
+    pct = dict(scale=100.0, digits=1)
+    return spec.Table(metrics=(
+        spec.Metric("greedy pass@1 (%)", f"eval_after.{EVAL}/greedy/pass@1", **pct),
+        spec.Metric(f"pass@{k} (%)", f"eval_after.{EVAL}/sampled/pass@{k}", **pct),
+        spec.Metric(f"avg@{k} (%)", f"eval_after.{EVAL}/sampled/avg@{k}", **pct),
+        spec.Metric("response tokens (greedy)", f"eval_after.{EVAL}/greedy/len"),
+        spec.Metric("checking rate (%)", f"eval_after.{EVAL}/greedy/check_rate", **pct),
+        spec.Metric("tokens sampled (M)", curve="rollout/tokens_sampled", reduce="sum",
+                    scale=1e-6, digits=2),
+        spec.Metric("wall time (min)", "wall_time_s", scale=1 / 60),
+    ), baseline="grpo" if not tiny else None)
+
+
+def get_sweep(arg: str | None = None) -> spec.Sweep:
+    a = spec.parse_arg(arg, arm="grpo", study="algorithms", tiny=False)
+    tiny = ",tiny" if a["tiny"] else ""
+    seeds = (0,) if a["tiny"] else SEEDS
+    if a["study"] == "algorithms":
+        arms = tuple(spec.Arm(name, arg=f"arm={name}{tiny}") for name in ARMS)
+        return spec.Sweep(arms=arms, seeds=seeds, table=_table(a["tiny"]))
+    table = dataclasses.replace(_table(a["tiny"]), baseline=None)
+    if a["study"] == "kl":
+        arms = spec.grid({"learner.objective.kl.coef": KL_COEFS[:2] if tiny else KL_COEFS},
+                         arg=f"arm=grpo{tiny}", base={"learner.objective.kl.placement": "loss"})
+    else:
+        arms = spec.grid({"rollout.num_samples": GROUP_SIZES[:2] if tiny else GROUP_SIZES},
+                         arg=f"arm=grpo{tiny}")
+    return spec.Sweep(arms=arms, seeds=seeds, table=table)

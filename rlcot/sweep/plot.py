@@ -1,0 +1,114 @@
+"""A sweep's plots: curves over steps per arm (mean over finished seeds, a band of +- one
+standard error) and a bar chart of the table's main metric with standard-error bars."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from pathlib import Path
+from typing import Sequence
+
+from rlcot.sweep import results
+from rlcot.sweep.spec import Sweep
+from rlcot.sweep.stats import mean_sem
+from rlcot.sweep.table import Row
+
+# (title, per-step key; '*' matches within a key, the first matching key in sorted order wins)
+PANELS = (("reward (total, train)", "reward/total/mean"),
+          ("held-out greedy pass@1", "eval/*/greedy/pass@1"),
+          ("response length (tokens)", "rollout/length_mean"),
+          ("KL to reference", "kl_ref_mean"),
+          ("entropy", "entropy_mean"))
+
+
+def _key(pattern: str, runs: list[list[dict]]) -> str | None:
+    keys = sorted({k for rows in runs for r in rows for k in r})
+    found = [k for k in keys if fnmatch.fnmatchcase(k, pattern)]
+    return found[0] if found else None
+
+
+def seed_band(runs: list[list[dict]], key: str) -> list[tuple[int, float, float, int]]:
+    """(step, mean, sem, n) over the runs that logged `key` at each step."""
+    by_step: dict[int, list[float]] = {}
+    for rows in runs:
+        for r in rows:
+            v = r.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                by_step.setdefault(int(r["step"]), []).append(float(v))
+    return [(s, *mean_sem(vs), len(vs)) for s, vs in sorted(by_step.items())]
+
+
+def plot_curves(sweep: Sweep, root: str | Path, panels: Sequence[tuple[str, str]] = PANELS,
+                filename: str = "curves.png") -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(root)
+    curves = {}
+    for arm in sweep.arms:
+        runs = []
+        for seed in sweep.seeds:
+            d = root / arm.dirname / f"seed_{seed}"
+            if results.run_status(d) == results.FINISHED:
+                runs.append(results.read_curves(d, results.read_summary(d), sweep.table.stage))
+        if any(runs):
+            curves[arm.name] = runs
+    all_runs = [rows for runs in curves.values() for rows in runs]
+    shown = [(t, k) for t, p in panels if (k := _key(p, all_runs))]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 3.6), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, (title, key) in zip(axes[0], shown):
+        for i, (name, runs) in enumerate(curves.items()):
+            band = seed_band(runs, key)
+            if not band:
+                continue
+            steps, mean, sem, _ = zip(*band)
+            lo = [m - (s if math.isfinite(s) else 0.0) for m, s in zip(mean, sem)]
+            hi = [m + (s if math.isfinite(s) else 0.0) for m, s in zip(mean, sem)]
+            c = colors(i % 10)
+            ax.plot(steps, mean, color=c, marker="o" if len(steps) < 12 else None, ms=3,
+                    label=f"{name} (n={len(runs)})")
+            ax.fill_between(steps, lo, hi, color=c, alpha=0.2, linewidth=0)
+        ax.set_title(f"{title}\n{key}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out = root / filename
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_bars(sweep: Sweep, rows: list[Row], root: str | Path,
+              filename: str = "bars.png") -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = sweep.table.main_metric
+    cells = [(r.arm.name, r.cells[m.name]) for r in rows]
+    if not any(c.n for _, c in cells):
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(cells) + 1.5), 3.8))
+    xs = range(len(cells))
+    means = [c.mean * m.scale if c.n else 0.0 for _, c in cells]
+    errs = [c.sem * m.scale if c.n > 1 else 0.0 for _, c in cells]
+    ax.bar(xs, means, yerr=errs, capsize=4, color="tab:blue", alpha=0.8)
+    for x, (_, c) in zip(xs, cells):
+        if c.n < c.declared:
+            ax.annotate(f"n={c.n}/{c.declared}", (x, 0), ha="center", va="bottom", fontsize=7,
+                        color="tab:red")
+    ax.set_xticks(list(xs), [name for name, _ in cells], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(m.name)
+    ax.set_title(f"{m.name}: mean ± s.e. over seeds", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out = Path(root) / filename
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
