@@ -180,3 +180,26 @@ def test_config_validation_and_dispatch():
         L.PolicyLossConfig(name="kimi", tau=0.0)
     with pytest.raises(ValueError, match="equal"):
         L.ppo_clip(logp, logp[:2], ADV, ONES)
+
+
+def test_gspo_by_name_uses_the_papers_clip_range():
+    # GSPO selected by name used to inherit PPO's 0.2 / 0.2 from the config defaults.
+    assert L.PolicyLossConfig(name="gspo").clip_range == (3e-4, 4e-4)
+    assert L.PolicyLossConfig(name="gspo").knobs()["eps_low"] == 3e-4
+    assert L.PolicyLossConfig(name="ppo_clip").clip_range == (0.2, 0.2)
+    assert L.PolicyLossConfig(name="ppo_clip", eps_high=0.28).clip_range == (0.2, 0.28)
+    assert L.PolicyLossConfig(name="gspo", eps_high=1e-3).clip_range == (3e-4, 1e-3)
+    assert L.PolicyLossConfig(name="pg").clip_range is None
+    # One row of 2 tokens with log-ratios 0.001 and 0.002: s = exp(0.0015) = 1.0015011, A = 1.
+    # Paper range: clip(s) = 1.0004 -> loss per token -1.0004 (the ratio is clipped).
+    # Old (PPO's 0.2): s is far inside [0.8, 1.2] -> loss -1.0015011 (effectively unclipped).
+    logp = jnp.array([[0.001, 0.002]])
+    zeros, ones = jnp.zeros_like(logp), jnp.ones_like(logp)
+    loss, aux = L.PolicyLossConfig(name="gspo")(logp, zeros, ones, ones)
+    close(loss, [[-1.0004, -1.0004]])
+    close(aux["clipped_high"], [[1.0, 1.0]])
+    old, old_aux = L.gspo(logp, zeros, ones, ones, eps_low=0.2, eps_high=0.2)
+    close(old, [[-math.exp(0.0015)] * 2])
+    close(old_aux["clipped_high"], [[0.0, 0.0]])
+    with pytest.raises(ValueError, match="only used by"):
+        L.PolicyLossConfig(name="pg", eps_low=0.2)

@@ -243,3 +243,44 @@ def test_train_state_checkpoint_round_trip(single, tmp_path):
     assert got_step == 1 and meta == {"note": "rl"}
     leaves_close(restored, state, atol=0)
     assert int(restored.opt_step) == 4 and restored.critic_opt_state is not None
+
+
+def test_minibatch_without_tokens_takes_no_step():
+    """A minibatch whose rows are all masked out (e.g. dynamic-sampling leftovers) must not
+    move Adam's moments or apply weight decay; other minibatches step as usual."""
+    from rlcot.rl.aggregation import AggregationConfig
+    cfg = UpdateConfig(objective=ObjectiveConfig(aggregation=AggregationConfig(
+                           mode="constant", max_tokens=L - P)),
+                       optimizer=OptimizerConfig(lr=0.05, weight_decay=0.1),
+                       minibatches=2, shuffle=False)
+    graphdef, params = tr.init_params(CFG, seed=1)
+    state0 = init_train_state(cfg, params)
+    step = make_update_step(graphdef, cfg, state0, compiler_options=FAST)
+    batch = make_batch(graphdef, params)
+    copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731  (the step donates its state)
+    before = jax.tree.map(np.asarray, (state0.params, state0.opt_state))
+    empty = dataclasses.replace(batch, loss_mask_NxL=jnp.zeros_like(batch.loss_mask_NxL))
+    state, metrics = step(copy(state0), empty, jax.random.key(0))
+    leaves_close((state.params, state.opt_state), before, atol=0)
+    assert int(state.opt_step) == 0 and float(metrics["opt_steps"]) == 0
+    assert float(metrics["skipped_empty"]) == 2 and float(metrics["skipped"]) == 0
+    assert int(state.nonfinite_streak) == 0 and int(state.nonfinite_total) == 0
+    # The old behaviour applied the optimizer to the zero gradient: weight decay alone moves
+    # the weights by lr * wd * w (AdamW), and the step counter in the moments advances.
+    tx = make_optimizer(cfg.optimizer)
+    zeros = jax.tree.map(jnp.zeros_like, state0.params)
+    upd, _ = tx.update(zeros, state0.opt_state, state0.params)
+    moved = max_change(optax.apply_updates(state0.params, upd), state0.params)
+    assert moved > 1e-4, moved
+    # First minibatch (rows 0..7, no shuffling) empty, second one real: exactly one step,
+    # the same as a step on the real half alone.
+    half = dataclasses.replace(
+        batch, loss_mask_NxL=jnp.asarray(batch.loss_mask_NxL).at[:N // 2].set(0.0))
+    state, metrics = step(copy(state0), half, jax.random.key(0))
+    assert int(state.opt_step) == 1 and float(metrics["skipped_empty"]) == 1
+    one_mb = UpdateConfig(objective=cfg.objective, optimizer=cfg.optimizer, shuffle=False)
+    rows = lambda x: x[N // 2:] if x is not None else None  # noqa: E731
+    real = jax.tree.map(rows, half)
+    ref_step = make_update_step(graphdef, one_mb, state0, compiler_options=FAST)
+    ref_state, _ = ref_step(copy(state0), real, jax.random.key(0))
+    leaves_close(state.params, ref_state.params, atol=1e-6)
