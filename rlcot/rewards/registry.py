@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import inspect
+import logging
 import sys
 import time
 from typing import Any, Mapping
@@ -33,11 +34,39 @@ REWARDS: dict[str, RewardFn] = {
 # Parameters the combiner supplies itself: never written in a spec.
 _INJECTED = ("pool", "generate", "correct")
 
+# Rewards that say whether the answer is right (what DAPO's dynamic sampling filters on).
+ACCURACY_REWARDS = ("math_accuracy", "reasoning_gym", "code_tests")
+
+# The reward meant for each dataset task (the `task` field of rlcot's datasets).
+TASK_REWARDS: dict[str, str] = {
+    "gsm8k": "math_accuracy", "math": "math_accuracy", "aime24": "math_accuracy",
+    "amc23": "math_accuracy", "humaneval": "code_tests", "reasoning_gym": "reasoning_gym",
+}
+
+# A term whose items fail (raise; not time out) on more than this share of a batch stops the run.
+DEFAULT_MAX_ERROR_FRAC = 0.5
+
+log = logging.getLogger(__name__)
+
+
+class RewardFailure(RuntimeError):
+    """A reward failed on too many items of a batch: its zeros would be noise, not signal."""
+
+
+def reward_for_task(task: str) -> str:
+    """The reward name meant for a dataset task (`example["task"]`)."""
+    if task not in TASK_REWARDS:
+        raise KeyError(f"no reward registered for task {task!r}; known: {sorted(TASK_REWARDS)}")
+    return TASK_REWARDS[task]
+
 
 @dataclasses.dataclass(frozen=True)
 class RewardTerm:
     """One weighted component. `accuracy` (rewards that take `correct`): the label of another
-    term, or a reward name, whose values >= `correct_threshold` mark an item correct."""
+    term, or a reward name, whose values >= `correct_threshold` mark an item correct.
+    max_error_frac: the run stops (RewardFailure) when more than this share of a batch's items
+    raise in the reward (timeouts are the completion's doing and do not count); 1.0 never
+    stops. Errors below it are logged (once per term) and the items get the fallback value."""
 
     label: str
     reward: str
@@ -45,6 +74,7 @@ class RewardTerm:
     params: Mapping[str, Any]
     accuracy: str | None = None
     correct_threshold: float = 1.0
+    max_error_frac: float = DEFAULT_MAX_ERROR_FRAC
 
     def __post_init__(self):
         if self.reward not in REWARDS:
@@ -52,6 +82,9 @@ class RewardTerm:
                              f"known: {sorted(REWARDS)}")
         if not np.isfinite(self.weight):
             raise ValueError(f"reward term {self.label!r}: weight must be finite, got {self.weight}")
+        if not 0.0 <= self.max_error_frac <= 1.0:
+            raise ValueError(f"reward term {self.label!r}: max_error_frac must be in [0, 1], "
+                             f"got {self.max_error_frac}")
         sig = inspect.signature(REWARDS[self.reward]).parameters
         bad = sorted(k for k in self.params if k not in sig or k in _INJECTED)
         if bad:
@@ -77,7 +110,8 @@ def parse_reward_spec(spec: Mapping[str, float | Mapping[str, Any]]) -> tuple[Re
             weight = float(params.pop("weight", 1.0))
             accuracy = params.pop("accuracy", None)
             threshold = float(params.pop("correct_threshold", 1.0))
-            terms.append(RewardTerm(label, reward, weight, params, accuracy, threshold))
+            max_err = float(params.pop("max_error_frac", DEFAULT_MAX_ERROR_FRAC))
+            terms.append(RewardTerm(label, reward, weight, params, accuracy, threshold, max_err))
         else:
             terms.append(RewardTerm(label, label, float(entry), {}))
     labels = {t.label for t in terms}
@@ -93,11 +127,51 @@ def parse_reward_spec(spec: Mapping[str, float | Mapping[str, Any]]) -> tuple[Re
     return tuple(terms)
 
 
+def accuracy_label(terms: tuple[RewardTerm, ...]) -> str | None:
+    """The label of the spec's accuracy term: its only term with an accuracy reward
+    (ACCURACY_REWARDS); None when it has none or several."""
+    found = [t.label for t in terms if t.reward in ACCURACY_REWARDS]
+    return found[0] if len(found) == 1 else None
+
+
+def filter_label(terms: tuple[RewardTerm, ...], name: str) -> str:
+    """The component dynamic sampling filters groups on: 'accuracy' (the spec's accuracy term),
+    'total' (the combined reward) or a term label. Raises with the choices otherwise."""
+    labels = [t.label for t in terms]
+    if name == "accuracy":
+        found = accuracy_label(terms)
+        if found is None:
+            raise ValueError(
+                f"dynamic sampling filters on accuracy, but the reward spec {labels} has "
+                f"{'no' if not any(t.reward in ACCURACY_REWARDS for t in terms) else 'several'} "
+                f"accuracy terms ({', '.join(ACCURACY_REWARDS)}): set "
+                f"rollout.dynamic_sampling_filter to one of {labels} or 'total'")
+        return found
+    if name != "total" and name not in labels:
+        raise ValueError(f"rollout.dynamic_sampling_filter {name!r} is not 'accuracy', 'total' "
+                         f"or a reward term label {labels}")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class CombinedRewards:
     total: np.ndarray  # float32 [N]: sum of weight * component values
     components: dict[str, RewardOutput]  # by label
     metrics: dict[str, float]  # reward/<label>/mean, .../n_timeouts, ..., reward/total/mean
+    accuracy_label: str | None = None  # the accuracy term's label (see `accuracy_label`)
+
+    def filter_values(self, name: str) -> np.ndarray:
+        """Values dynamic sampling compares within a group: the total ('total'), the accuracy
+        term ('accuracy') or a term by label."""
+        if name == "total":
+            return self.total
+        label = self.accuracy_label if name == "accuracy" else name
+        if label is None:
+            raise ValueError(f"these rewards have no single accuracy term "
+                             f"(labels {sorted(self.components)}): name one, or 'total'")
+        if label not in self.components:
+            raise KeyError(f"no reward term {label!r}; labels: {sorted(self.components)}")
+        return np.asarray(self.components[label].values, np.float32)
 
 
 class RewardCombiner:
@@ -113,6 +187,8 @@ class RewardCombiner:
     def __init__(self, spec: Mapping[str, Any], *, pool: RewardPool | None = None,
                  judge_generate: judge.Generate | None = None):
         self.terms = parse_reward_spec(spec)
+        self.accuracy_label = accuracy_label(self.terms)
+        self._warned: set[str] = set()
         self.pool = pool
         self.judge_generate = judge_generate
         for t in self.terms:
@@ -150,10 +226,15 @@ class RewardCombiner:
             t0 = time.monotonic()
             correct = None
             if t.accuracy is not None:
-                acc = (components[t.accuracy] if t.accuracy in components
-                       else self._call(t.accuracy, batch, {}))
+                if t.accuracy in components:
+                    acc = components[t.accuracy]
+                else:
+                    acc = self._call(t.accuracy, batch, {})
+                    self._check_errors(t.accuracy, t.accuracy, acc, len(batch),
+                                       DEFAULT_MAX_ERROR_FRAC)
                 correct = acc.values >= t.correct_threshold
             out = self._call(t.reward, batch, t.params, correct)
+            self._check_errors(t.label, t.reward, out, len(batch), t.max_error_frac)
             components[t.label] = out
             metrics[f"reward/{t.label}/mean"] = float(out.values.mean()) if len(batch) else 0.0
             metrics[f"reward/{t.label}/time_s"] = time.monotonic() - t0
@@ -163,7 +244,26 @@ class RewardCombiner:
         for t in self.terms:
             total += np.float32(t.weight) * components[t.label].values
         metrics["reward/total/mean"] = float(total.mean()) if len(batch) else 0.0
-        return CombinedRewards(total, {t.label: components[t.label] for t in self.terms}, metrics)
+        return CombinedRewards(total, {t.label: components[t.label] for t in self.terms}, metrics,
+                               accuracy_label=self.accuracy_label)
+
+    def _check_errors(self, label: str, reward: str, out: RewardOutput, n: int,
+                      max_frac: float) -> None:
+        """Loud failure instead of silent zeros: raise past `max_frac` of the batch, else log
+        the first error of each term once."""
+        n_err = int(out.metrics.get("n_errors", 0))
+        if not n_err:
+            return
+        first = next((d.get("message", "") for d in out.details if d.get("status") == "error"),
+                     "")
+        what = (f"reward term {label!r} ({reward}) failed on {n_err} of {n} items; first "
+                f"error:\n{first}")
+        if n_err > max_frac * n:
+            raise RewardFailure(f"{what}\n(more than max_error_frac={max_frac} of the batch: its "
+                                f"fallback values would silently replace the reward)")
+        if label not in self._warned:
+            self._warned.add(label)
+            log.warning("%s (items get the fallback value; logged once per term)", what)
 
     def submit(self, batch: RewardInput) -> concurrent.futures.Future[CombinedRewards]:
         return self._executor.submit(self, batch)
