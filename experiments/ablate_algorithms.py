@@ -18,8 +18,9 @@ Arguments (`FILE:key=value,flag`): `study` (algorithms | kl | group_size) picks 
 a few small steps on a small freshly pre-trained base model (a smoke test of the pipeline,
 not a result).
 
-Every arm starts from r1_zero's toy_checks config (base model, data, rewards, 40 steps, lr,
-2 minibatches, evaluation on 256 held-out problems) with the policy loss and its aggregation
+Every arm starts from r1_zero's toy world where checking steps are needed (main pass always
+forgets carries; its base model, data, rewards, 40 RL steps, lr, 2 minibatches, evaluation on
+256 held-out problems) with the policy loss and its aggregation
 reset to their defaults and no KL term, then sets what defines it:
 
 | arm | advantage | policy loss | aggregation | also |
@@ -79,7 +80,10 @@ EVAL = "toyworld:test"  # the eval label of summary keys ('toyworld:test/greedy/
 
 
 def _base() -> config_dict.ConfigDict:
-    c = _r1_zero().toy_checks()
+    r1 = _r1_zero()
+    # r1_zero's world where checking steps are needed: its `toy` study (base + rl stages), or
+    # `toy_checks` in the single-stage layout that came before.
+    c = (r1.toy_checks if hasattr(r1, "toy_checks") else r1.toy)()
     c.name = "ablate_algorithms"
     defaults = run_config.default_config().learner.objective
     c.learner.objective.policy = defaults.policy
@@ -112,8 +116,13 @@ def _arm(c: config_dict.ConfigDict, arm: str) -> config_dict.ConfigDict:
 
 def _tiny(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
     """A few small steps on a small, quickly pre-trained base model (a smoke test)."""
-    c.world.world.corpus_size = 2000
-    c.world.pretrain.steps, c.world.pretrain.batch_size = 30, 16
+    if "stages" in c:  # the base model is the study's `base` stage
+        c.world.corpus_size = 2000
+        base = c.stages.base.train
+    else:
+        c.world.world.corpus_size = 2000
+        base = c.world.pretrain
+    base.steps, base.batch_size, base.short_rows = 30, 16, 8
     c.data.batch_prompts = 4
     c.rollout.num_samples = 4
     c.rollout.max_new_tokens = 96

@@ -73,10 +73,19 @@ def _parse_flags(argv: list[str]) -> Any:
     return holder.value
 
 
+def resolve_study(config: Any) -> Any:
+    """What the run command checks before any compute: every stage of the study resolved
+    (rlcot.study.plan), or the one RL config where studies have no stages yet."""
+    try:
+        from rlcot.study import plan
+    except ImportError:
+        from rlcot.run_config import resolve as plan
+    return plan(config)
+
+
 def point_config(config_spec: str, point: Point) -> Any:
     """The ConfigDict the point's run command will see, built the way that command builds
     it (ml_collections' config flag over the same arguments), then resolved."""
-    from rlcot import run_config
     spec = point_config_spec(config_spec, point)
     argv = ["sweep", *(a for a in point_argv(config_spec, point, "ROOT")[3:]
                        if not a.startswith("--workdir="))]
@@ -88,7 +97,7 @@ def point_config(config_spec: str, point: Point) -> Any:
             _check_key(base, key, spec)
         raise ValueError(f"sweep point {point.name} ({spec}): {e}") from e
     try:
-        run_config.resolve(config)
+        resolve_study(config)
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"sweep point {point.name} ({spec}): {e}") from e
     return config
