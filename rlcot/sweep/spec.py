@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-Scalar = bool | int | float | str
 _SAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
 REDUCE = ("final", "sum", "max", "min", "mean")
 

@@ -82,7 +82,7 @@ def test_seed_bands_and_panels_without_data(tmp_path):
     exp, root = _synthetic_sweep(tmp_path)
     sweep = spec.load_sweep(str(exp))
     assert plot_curves(sweep, root, panels=(("none", "no/such/key"),)) is None
-    assert plot_curves(sweep, root, panels=(("acc", f"eval/*/greedy/pass@1"),)) is not None
+    assert plot_curves(sweep, root, panels=(("acc", "eval/*/greedy/pass@1"),)) is not None
     empty = tmp_path / "empty"
     empty.mkdir()
     assert plot_bars(sweep, collect(sweep, empty), empty) is None
