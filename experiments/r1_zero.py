@@ -68,9 +68,10 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from rlcot import run_config
+from rlcot import run_config, stages
+from rlcot.toyworld import base_stage
 
-VARIANTS = ("toy", "toy_checks", "smollm2_smoke", "qwen_math_1.5b", "qwen_0.5b")
+VARIANTS = ("toy", "toy_shortcut", "smollm2_smoke", "qwen_math_1.5b", "qwen_0.5b")
 
 
 def _common() -> config_dict.ConfigDict:
@@ -95,9 +96,16 @@ def _common() -> config_dict.ConfigDict:
 
 
 def toy() -> config_dict.ConfigDict:
+    """Two stages: `base` pre-trains the toy model on the world's corpus (cached and shared by
+    every study with the same settings), `rl` runs GRPO from it. In this world the main pass
+    always forgets carries (flaw_rate 1), so on problems with a carry only solutions with
+    checking steps are right: reward can only rise through checking, and longer responses."""
     c = _common()
-    c.model.source = "toyworld"
-    c.world = run_config.toyworld_defaults()  # WorldConfig + PretrainConfig, all fields
+    c.world.rates.flaw_rate = 1.0
+    c.stage_order = ("base", "rl")
+    c.stages.base = base_stage()
+    c.stages.rl = stages.defaults("rl")
+    c.model.source = "stage:base"
     c.data.dataset = "toyworld"
     c.data.batch_prompts = 16
     c.data.template.instruction = ""
@@ -115,12 +123,11 @@ def toy() -> config_dict.ConfigDict:
     return c
 
 
-def toy_checks() -> config_dict.ConfigDict:
-    """The toy world where the main pass always forgets carries: only solutions with checking
-    steps get carry problems right, so reward can only rise through checking (and longer
-    responses)."""
+def toy_shortcut() -> config_dict.ConfigDict:
+    """The world where the main pass forgets each incoming carry with probability 0.6: RL can
+    raise accuracy by no longer dropping carries, without taking up checking steps."""
     c = toy()
-    c.world.world.rates.flaw_rate = 1.0
+    c.world.rates.flaw_rate = 0.6
     return c
 
 
@@ -185,8 +192,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     variant = arg or "toy"
     if variant == "toy":
         return toy()
-    if variant == "toy_checks":
-        return toy_checks()
+    if variant == "toy_shortcut":
+        return toy_shortcut()
     if variant == "smollm2_smoke":
         return smollm2_smoke()
     if variant == "qwen_math_1.5b":

@@ -30,13 +30,15 @@ PLOT_PANELS = (("reward", ("reward/total/mean",)),
                ("response length (tokens)", ("rollout/length_mean",)))
 
 
-def run(config: Any, workdir: str | Path) -> dict[str, Any]:
-    # ---- Resolve the config (fails on unknown keys before any compute) -------------------------
-    rc = run_config.resolve(config)
+def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[str, Any]:
+    """Runs (or resumes) the RL stage described by `rc` in `workdir`; returns its summary.
+    resolver: a rlcot.sources.Resolver for the model sources."""
+    from rlcot.rollout import align_learner
+    rc = align_learner(rc)  # Dr.GRPO budget, off-policy sampling check, dynamic-sampling filter
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", run_config._plain(config))
-    from rlcot import world_setup
+    write_json(workdir / "config.json", dataclasses.asdict(rc))
+    from rlcot import sources, world_setup
     from rlcot.rewards import RewardCombiner, RewardPool
     from rlcot.rl import batch as rl_batch
     from rlcot.rl.logprobs import batch_sharding, make_logprob_fn
@@ -49,10 +51,15 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
 
     # ---- Mesh, model, data ---------------------------------------------------------------------
     mesh = rc.mesh.make()
-    policy = world_setup.load_policy(rc, mesh)
+    policy = world_setup.load_policy(rc, mesh, resolver)
     tokenizer = policy.tokenizer
+    if tokenizer is None:
+        raise ValueError(f"model {rc.model.source!r} has no tokenizer: set model.tokenizer")
+    sources.write_model_card(workdir, policy.cfg, tokenizer,
+                             resolver.tokenizer_ref(rc.model.source, rc.model.tokenizer),
+                             rc.model.source)
     pipeline = world_setup.train_pipeline(rc, tokenizer)
-    eval_sets, eval_cfg = world_setup.eval_setup(rc)
+    eval_sets, eval_cfg = world_setup.eval_setup(rc.eval, rc.world)
     log.info("model %s (%d params) on mesh %s; %d training prompts", rc.model.source,
              policy.cfg.num_params(), dict(mesh.shape), pipeline.num_kept)
 
@@ -65,6 +72,14 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
             policy.cfg, rc.seed, mesh=mesh, body_params=policy.params)
     state = init_train_state(rc.learner, policy.params, reference=needs_ref,
                              critic_params=critic_params, mesh=mesh)
+    if needs_ref and rc.model.reference is not None:  # a reference other than the start
+        ref = resolver.load(rc.model.reference, mesh=mesh, overrides={
+            k: v for k, v in rc.model.overrides().items() if k in ("dtype", "param_dtype")})
+        shapes = lambda t: jax.tree.map(lambda x: (x.shape, str(x.dtype)), t)  # noqa: E731
+        if shapes(ref.params) != shapes(policy.params):
+            raise ValueError(f"model.reference {rc.model.reference!r} does not have the "
+                             f"policy's parameter shapes and dtypes")
+        state = dataclasses.replace(state, ref_params=ref.params)
     state = jax.device_put(state, train_state_shardings(state, mesh))  # scalars on the mesh too
     update = make_update_step(policy.graphdef, rc.learner, state, mesh=mesh,
                               critic_graphdef=critic_graphdef)
@@ -98,14 +113,8 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     base_key = jax.random.key(rc.seed)
 
     def evaluate(step: int) -> dict[str, float]:
-        from rlcot.evaluation import evaluate as run_evaluation
-        result = run_evaluation(None, tokenizer, eval_sets, eval_cfg, generate=sampler.generate,
-                                rng=jax.random.fold_in(jax.random.key(rc.seed + 1), step),
-                                progress=False)
-        extra = world_setup.eval_extras(rc, result)
-        (workdir / "eval").mkdir(exist_ok=True)
-        (workdir / "eval" / f"step{step:06d}.md").write_text(result.to_markdown())
-        return {**result.flat_metrics(), **extra}
+        return world_setup.evaluate_at(step, sampler.generate, tokenizer, eval_sets, eval_cfg,
+                                       rc.seed, workdir)
 
     if start == 0 and eval_sets:
         writer.write(0, evaluate(0))
@@ -123,7 +132,8 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
             rollout = collect(data_it, sampler.generate, combiner, tokenizer, spec,
                               num_samples=G, batch_prompts=rc.data.batch_prompts,
                               key=jax.random.fold_in(key, 0),
-                              dynamic_sampling=ro.dynamic_sampling, max_rounds=ro.max_rounds)
+                              dynamic_sampling=ro.dynamic_sampling, max_rounds=ro.max_rounds,
+                              filter_on=ro.dynamic_sampling_filter)
         rows = batch_sharding(mesh)  # every [N, ...] array: rows over (data, fsdp)
         tb = jax.device_put(rollout.batch, rows)
         with timer("logprobs"):
@@ -184,21 +194,6 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     from rlcot.plots import plot_metrics
     plot_metrics(workdir, panels)
     return summary
-
-
-def restore_policy(workdir: str | Path, model: Any, mesh: Any = None) -> tuple[Any, int] | None:
-    """(model with the policy parameters of the workdir's latest checkpoint, its step), or
-    None without a checkpoint. model: a LoadedModel of the run's initial policy (its params
-    give the structure and shardings)."""
-    ckpt = Checkpointer(workdir)
-    try:
-        restored = ckpt.restore(model.params, prefix=".params")
-    finally:
-        ckpt.close()
-    if restored is None:
-        return None
-    step, params, _ = restored
-    return dataclasses.replace(model, params=params), step
 
 
 def _rollout_metrics(rollout) -> dict[str, float]:

@@ -1,7 +1,11 @@
 """Command line: `python -m rlcot.main {run,eval} --config experiments/NAME.py[:VARIANT] --workdir DIR`.
 
-    run    the RL loop of an experiment (resumes from DIR when a checkpoint is there)
-    eval   the experiment's evaluation suite on its initial model (or DIR's latest checkpoint)
+    run    the study's stages in order into DIR (finished stages skipped, the interrupted one
+           resumed; --stage NAME runs only that stage)
+    eval   the experiment's evaluation suite on a model of the study (--stage NAME's output,
+           else the last stage's when finished, else the initial model)
+    export DIR's policy (--stage NAME, default the last stage) as a Hugging Face directory
+           --out HF_DIR (config.json, safetensors, tokenizer files); needs no --config
     sweep  every point of the experiment's get_sweep under --root (finished points skipped,
            unfinished ones resumed; --parallel N at once; --dry_run prints the commands)
     table  --root's table.md and table.csv: mean +- s.e. over seeds per arm and metric
@@ -25,12 +29,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file, optionally with a variant: experiments/NAME.py[:VARIANT].",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
+_STAGE = flags.DEFINE_string("stage", None, "run/eval/export: one stage of the study, by name.")
+_OUT = flags.DEFINE_string("out", None, "export: the Hugging Face directory to write.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "export: weight dtype (float32, bfloat16).")
 _ROOT = flags.DEFINE_string("root", None, "sweep/table/plot: the sweep's directory (one run "
                             "directory per point, plus logs/, table.md, table.csv, *.png).")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: points run at once (cores split).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print one command per point, run none.")
 
-COMMANDS = ("run", "eval")
+COMMANDS = ("run", "eval", "export")
 SWEEP_COMMANDS = ("sweep", "table", "plot")
 
 
@@ -76,17 +83,25 @@ def main(argv: list[str]) -> None:
         sys.exit(_sweep_main(commands[0]))
     if len(commands) != 1 or commands[0] not in COMMANDS:
         raise app.UsageError(f"give one command of {COMMANDS + SWEEP_COMMANDS}, got {commands}")
+    command = commands[0]
+    if command == "export":
+        if _WORKDIR.value is None or _OUT.value is None:
+            raise app.UsageError("export: --workdir and --out are required")
+        _quiet_logging()
+        from rlcot.export import export
+        export(_WORKDIR.value, _OUT.value, stage=_STAGE.value, dtype=_DTYPE.value)
+        return
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
     _quiet_logging()
     _maybe_init_distributed()
-    command, config, workdir = commands[0], _CONFIG.value, _WORKDIR.value
+    config, workdir = _CONFIG.value, _WORKDIR.value
     if command == "run":
-        from rlcot.loop import run
-        run(config, workdir)
+        from rlcot.study import run
+        run(config, workdir, only=_STAGE.value)
     else:
         from rlcot.evaluation.cli import run_eval
-        run_eval(config, workdir)
+        run_eval(config, workdir, stage=_STAGE.value)
 
 
 def entry() -> None:

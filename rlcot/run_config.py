@@ -16,6 +16,7 @@ from rlcot.data.templates import TemplateConfig
 from rlcot.rl.advantages import AdvantageConfig
 from rlcot.rl.state import UpdateConfig
 from rlcot.sharding import MeshConfig
+from rlcot.toyworld.corpus import WorldConfig
 
 
 def _plain(x: Any) -> Any:
@@ -73,16 +74,33 @@ def _dataclass_in(hint: Any) -> type | None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """source: see rlcot.models.load.load_model ('preset:NAME', 'hf:PATH', 'gguf:PATH',
-    'gguf:smollm2'), or 'toyworld' for the toy world's cached pre-trained base model."""
-    source: str = "toyworld"
+    """source: a model source of rlcot.sources ('preset:NAME', 'hf:PATH', 'gguf:PATH',
+    'gguf:smollm2', 'stage:NAME', 'workdir:PATH'); tokenizer: a path or 'toyworld' (default:
+    the source's own). config: ModelConfig fields for preset sources (e.g. n_layers); the
+    vocabulary follows the tokenizer. reference: the KL reference's source (default: the
+    initial policy)."""
+    source: str = ""
     tokenizer: str | None = None
     dtype: str | None = None
     param_dtype: str | None = None
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    reference: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.source, str):
+            raise TypeError(f"model.source must be a string, got {self.source!r}")
+
+    def check(self) -> "ModelSection":
+        """Itself, once it names a source (a stage's config must; defaults leave it empty)."""
+        if not self.source:
+            raise ValueError("model.source is empty: name a model source, e.g. 'preset:tiny', "
+                             "'hf:Qwen/Qwen2.5-0.5B', 'gguf:smollm2' or 'stage:NAME'")
+        return self
 
     def overrides(self) -> dict[str, Any]:
-        return {k: v for k, v in (("dtype", self.dtype), ("param_dtype", self.param_dtype))
-                if v is not None}
+        dtypes = {k: v for k, v in (("dtype", self.dtype), ("param_dtype", self.param_dtype))
+                  if v is not None}
+        return {**dict(self.config or {}), **dtypes}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +122,14 @@ class DataSection:
 @dataclasses.dataclass(frozen=True)
 class RolloutSection:
     """G samples per prompt and how they are drawn. DAPO dynamic sampling: drop groups whose
-    rewards are all equal and keep sampling fresh prompts until `batch_prompts` groups remain,
-    for at most `max_rounds` generation rounds (the rest of the batch is then masked out)."""
+    `dynamic_sampling_filter` values are all equal and keep sampling fresh prompts until
+    `batch_prompts` groups remain, for at most `max_rounds` generation rounds (the rest of the
+    batch is then masked out). The filter is 'accuracy' (the spec's accuracy term, as DAPO),
+    'total' (the shaped total reward) or a reward term label. off_policy: what to do when
+    temperature != 1, top-k, top-p or min-p make the sampler's distribution differ from the
+    policy the loss's ratio uses and no `learner.objective.tis_cap` corrects it: 'warn' (once,
+    loudly), 'correct' (truncated importance sampling against the sampler's log-probs, cap 2)
+    or 'error' (see rlcot.rollout.align_learner)."""
     num_samples: int = 8
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -114,8 +138,10 @@ class RolloutSection:
     min_p: float = 0.0
     stop_strings: tuple[str, ...] = ()
     dynamic_sampling: bool = False
+    dynamic_sampling_filter: str = "accuracy"
     max_rounds: int = 3
     recompute_old_logp: bool = True
+    off_policy: str = "warn"
 
     def __post_init__(self):
         if self.num_samples < 1 or self.max_rounds < 1:
@@ -123,6 +149,12 @@ class RolloutSection:
                              f"{self.num_samples}, {self.max_rounds}")
         if self.dynamic_sampling and self.num_samples < 2:
             raise ValueError("dynamic sampling needs num_samples >= 2 (groups to compare)")
+        if not isinstance(self.dynamic_sampling_filter, str) or not self.dynamic_sampling_filter:
+            raise ValueError(f"dynamic_sampling_filter must be 'accuracy', 'total' or a reward "
+                             f"term label, got {self.dynamic_sampling_filter!r}")
+        if self.off_policy not in ("warn", "correct", "error"):
+            raise ValueError(f"off_policy must be 'warn', 'correct' or 'error', got "
+                             f"{self.off_policy!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,13 +188,13 @@ class RunConfig:
     learner: UpdateConfig
     train: TrainSection
     eval: Mapping[str, Any]
-    world: Mapping[str, Any]
+    world: WorldConfig
 
 
 SECTIONS = {"mesh": MeshConfig, "model": ModelSection, "data": DataSection,
             "rollout": RolloutSection, "advantage": AdvantageConfig, "learner": UpdateConfig,
-            "train": TrainSection}
-FREEFORM = ("rewards", "eval", "world")  # validated by their own packages
+            "train": TrainSection, "world": WorldConfig}
+FREEFORM = ("rewards", "eval")  # validated by their own packages
 
 
 def resolve(config: Any) -> RunConfig:
@@ -173,12 +205,12 @@ def resolve(config: Any) -> RunConfig:
         raise KeyError(f"config: unknown top-level key(s) {unknown}; known: "
                        f"{sorted([*SECTIONS, *FREEFORM, 'seed', 'name'])}")
     sections = {name: build(cls, values.get(name), name) for name, cls in SECTIONS.items()}
+    sections["model"].check()
     if not values.get("rewards"):
         raise ValueError("config.rewards is empty: name at least one reward, e.g. "
                          "{'math_accuracy': 1.0}")
     return RunConfig(seed=int(values.get("seed", 0)), rewards=values["rewards"],
-                     eval=values.get("eval") or {}, world=values.get("world") or {},
-                     **sections)
+                     eval=values.get("eval") or {}, **sections)
 
 
 _SCALARS = (bool, int, float, str)
@@ -207,7 +239,9 @@ def default_config() -> Any:
     """A ConfigDict holding every field of every section at its default: experiment files start
     from it and change what they study, and every knob can be overridden by name from the
     command line (`--config.learner.objective.policy.eps_high=0.28`). The free-form sections
-    (rewards, eval, world) start empty."""
+    (rewards, eval) start empty; `world` holds the toy world's settings (used by toy sources,
+    datasets and tokenizers only). stage_order / stages declare a multi-stage study
+    (rlcot.study); empty: one rl stage."""
     from ml_collections import config_dict
     c = config_dict.ConfigDict()
     c.name = ""
@@ -216,15 +250,8 @@ def default_config() -> Any:
         c[name] = _as_config(cls())
     c.rewards = config_dict.ConfigDict()
     c.eval = config_dict.ConfigDict()
-    c.world = config_dict.ConfigDict()
+    c.stage_order = ()
+    c.stages = config_dict.ConfigDict()
     return c
 
 
-def toyworld_defaults() -> Any:
-    """config.world for the toy world with every WorldConfig / PretrainConfig field spelt out."""
-    from ml_collections import config_dict
-
-    from rlcot.toyworld.corpus import WorldConfig
-    from rlcot.toyworld.pretrain import PretrainConfig
-    return config_dict.ConfigDict({"world": _as_config(WorldConfig()),
-                                   "pretrain": _as_config(PretrainConfig())})

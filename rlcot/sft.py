@@ -35,10 +35,11 @@ class SFTConfig:
     """AdamW (rlcot.rl.optim.clipped_adamw) with linear warmup from 0 then cosine decay to
     end_lr_ratio * learning_rate at total_steps. Weight decay skips norm scales and biases.
     micro_batches: the batch is split along B and gradients are summed, giving the same
-    update as one pass (the loss is normalised by the whole batch's target-token count)."""
+    update as one pass (the loss is normalised by the whole batch's target-token count).
+    total_steps: the schedule's length (None: the SFT stage's train.steps)."""
 
     learning_rate: float = 1e-3
-    total_steps: int = 1000
+    total_steps: int | None = None
     warmup_steps: int = 0
     end_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -52,9 +53,11 @@ class SFTConfig:
     def __post_init__(self):
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.total_steps < 1 or not 0 <= self.warmup_steps <= self.total_steps:
+        total = self.total_steps
+        if (total is not None and total < 1) or self.warmup_steps < 0 or (
+                total is not None and self.warmup_steps > total):
             raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got "
-                             f"total_steps={self.total_steps} warmup_steps={self.warmup_steps}")
+                             f"total_steps={total} warmup_steps={self.warmup_steps}")
         if not 0.0 <= self.end_lr_ratio <= 1.0:
             raise ValueError(f"end_lr_ratio must be in [0, 1], got {self.end_lr_ratio}")
         if self.weight_decay < 0:
@@ -66,6 +69,9 @@ class SFTConfig:
 
 
 def learning_rate_schedule(cfg: SFTConfig) -> optax.Schedule:
+    if cfg.total_steps is None:
+        raise ValueError("SFTConfig.total_steps is None: set it (the SFT stage sets it to its "
+                         "train.steps)")
     decay = optax.cosine_decay_schedule(cfg.learning_rate,
                                         max(cfg.total_steps - cfg.warmup_steps, 1),
                                         alpha=cfg.end_lr_ratio)
@@ -186,3 +192,25 @@ def collate(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: 
         valid[b, :n] = True
         target[b, :n] = t[:n]
     return {"tokens_BxT": tokens, "valid_BxT": valid, "target_mask_BxT": target}
+
+
+def batches(lengths: np.ndarray, batch_size: int, steps: int, seed: int,
+            group: int = 1) -> list[np.ndarray]:
+    """`steps` batches of example indices: each epoch a seeded permutation, cut into groups of
+    `group` batches sorted by length (group 1: plain shuffled batches), whose batches are
+    then shuffled. A pure function of its arguments, so a resumed run sees the same batches."""
+    n = len(lengths)
+    if n < batch_size:
+        raise ValueError(f"{n} examples are fewer than batch_size={batch_size}")
+    rng = np.random.default_rng([seed, 7])
+    out: list[np.ndarray] = []
+    while len(out) < steps:
+        perm = rng.permutation(n)
+        perm = perm[:n // batch_size * batch_size]
+        epoch = []
+        for start in range(0, len(perm), batch_size * group):
+            chunk = perm[start:start + batch_size * group]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            epoch += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+        out += [epoch[i] for i in rng.permutation(len(epoch))]
+    return out[:steps]

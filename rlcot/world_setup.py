@@ -12,39 +12,22 @@ from rlcot.run_config import RunConfig, build
 TOY = "toyworld"
 
 
-def world_configs(rc: RunConfig) -> tuple[Any, Any]:
-    """(WorldConfig, PretrainConfig) from config.world = {'world': {...}, 'pretrain': {...}}."""
-    from rlcot.toyworld.corpus import WorldConfig
-    from rlcot.toyworld.pretrain import PretrainConfig
-    unknown = sorted(set(rc.world) - {"world", "pretrain"})
-    if unknown:
-        raise KeyError(f"config.world: unknown key(s) {unknown}; known: ['pretrain', 'world']")
-    return (build(WorldConfig, rc.world.get("world"), "world.world"),
-            build(PretrainConfig, rc.world.get("pretrain"), "world.pretrain"))
-
-
-def load_policy(rc: RunConfig, mesh: jax.sharding.Mesh) -> Any:
+def load_policy(rc: RunConfig, mesh: jax.sharding.Mesh, resolver: Any) -> Any:
     """The initial policy as a LoadedModel, its parameters in the training shardings."""
-    from rlcot.models.load import LoadedModel, load_model
-    if rc.model.source != TOY:
-        return load_model(rc.model.source, mesh=mesh, tokenizer=rc.model.tokenizer,
-                          seed=rc.seed, **rc.model.overrides())
-    from rlcot.sharding import TRAIN_RULES, shard_state
-    from rlcot.toyworld.pretrain import load_base_model
-    world, pretrain = world_configs(rc)
-    base = load_base_model(world, pretrain)
-    cfg = base.cfg.replace(**rc.model.overrides())
-    params = base.params
-    if rc.model.param_dtype:
-        params = jax.tree.map(lambda x: x.astype(cfg.weight_dtype), params)
-    return LoadedModel(cfg, base.graphdef, shard_state(params, mesh, TRAIN_RULES),
-                       base.tokenizer)
+    m = rc.model
+    return resolver.load(m.source, mesh=mesh, tokenizer=m.tokenizer, seed=rc.seed,
+                         overrides=m.overrides())
 
 
 def _source(rc: RunConfig, dataset: str, split: str, size: int | None = None) -> Any:
+    return data_source(rc.world, dataset, split, size)
+
+
+def data_source(world: Any, dataset: str, split: str, size: int | None = None) -> Any:
+    """Examples of a registry dataset, or of the toy world's split (`dataset` 'toyworld')."""
     if dataset == TOY:
         from rlcot.toyworld.dataset import ToyWorldSource
-        return ToyWorldSource(world_configs(rc)[0], split, size)
+        return ToyWorldSource(world, split, size)
     from rlcot.data.registry import load_source
     return load_source(dataset, split)
 
@@ -57,23 +40,23 @@ def train_pipeline(rc: RunConfig, tokenizer: Any) -> Any:
     return PromptPipeline(_source(rc, d.dataset, d.split), tokenizer, cfg)
 
 
-def eval_setup(rc: RunConfig) -> tuple[tuple[Any, ...], Any]:
-    """(eval sets, EvalConfig) from config.eval; 'toyworld:SPLIT:N' names the world's split."""
-    if not rc.eval:
+def eval_setup(ev: Any, world: Any) -> tuple[tuple[Any, ...], Any]:
+    """(eval sets, EvalConfig) from a config.eval mapping; 'toyworld:SPLIT:N' names the
+    world's split."""
+    if not ev:
         return (), None
-    from rlcot.evaluation.cli import parse_eval_config
-    from rlcot.evaluation.config import EvalSet
+    from rlcot.evaluation.config import EvalSet, parse_eval_config
 
     def toy_set(name: str, split: str, limit: int | None) -> EvalSet | None:
         if name != TOY:
             return None
-        return EvalSet(TOY, split, None, examples=tuple(_source(rc, TOY, split, limit)))
+        return EvalSet(TOY, split, None, examples=tuple(data_source(world, TOY, split, limit)))
 
-    sets, cfg, _ = parse_eval_config(rc.eval, custom_set=toy_set)
+    sets, cfg, _ = parse_eval_config(ev, custom_set=toy_set)
     return sets, cfg
 
 
-def eval_extras(rc: RunConfig, result: Any) -> dict[str, float]:
+def eval_extras(result: Any) -> dict[str, float]:
     """Toy-world behaviours of the greedy completions: self-checking steps and the share of
     chain-of-thought words in the second language."""
     if not any(b.label.startswith(TOY) for b in result.benchmarks.values()):
@@ -89,3 +72,18 @@ def eval_extras(rc: RunConfig, result: Any) -> dict[str, float]:
         out[f"eval/{label}/greedy/second_language"] = (
             sum(second_language_share(t) for t in texts) / len(texts))
     return out
+
+
+def evaluate_at(step: int, generate: Any, tokenizer: Any, eval_sets: Any, eval_cfg: Any,
+                seed: int, out_dir: Any) -> dict[str, float]:
+    """One evaluation of a policy (through its sampler's generate) at `step`: flat metrics
+    'eval/…' plus the toy world's behaviours; the table goes to out_dir/eval/stepNNNNNN.md.
+    Keys depend only on (seed, step), so a resumed run evaluates the same samples."""
+    from pathlib import Path
+
+    from rlcot.evaluation import evaluate
+    result = evaluate(None, tokenizer, eval_sets, eval_cfg, generate=generate,
+                      rng=jax.random.fold_in(jax.random.key(seed + 1), step), progress=False)
+    (Path(out_dir) / "eval").mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "eval" / f"step{step:06d}.md").write_text(result.to_markdown())
+    return {**result.flat_metrics(), **eval_extras(result)}

@@ -1,13 +1,12 @@
-"""`python -m rlcot.main eval`: the experiment's eval suite on its model, written to the workdir.
+"""`python -m rlcot.main eval`: the experiment's eval suite on a model of the study, written to
+WORKDIR/eval/<stage or 'initial'>/.
 
-The experiment's ConfigDict is read here and nowhere else. Keys:
+Which model: `--stage NAME` (that stage's output, which must be finished), else the study's
+last model-producing stage when it has finished, else the initial model (the model source of
+the study's first rl stage; a `stage:` source such as the toy world's base model is run first
+when it has not been). Settings: the chosen stage's `eval` section when it has one, else the
+top-level `config.eval`:
 
-    seed                    int: model init (presets) and sampling randomness
-    model.source            'preset:NAME' | 'hf:PATH' | 'gguf:PATH' | 'gguf:smollm2'
-    model.tokenizer         optional tokenizer path (overrides the model's own)
-    model.dtype / .param_dtype   optional ModelConfig overrides ('float32', 'bfloat16')
-    model.<other>           optional further ModelConfig overrides (e.g. vocab_size for presets)
-    mesh.data/.fsdp/.tensor optional mesh shape (-1: the rest of the devices)
     eval.datasets           tuple of 'name:split[:limit]' (rlcot.data.registry names)
     eval.subset             'first' (default) or 'random' rows when a limit is given
     eval.subset_seed        seed of the 'random' subset
@@ -18,8 +17,8 @@ The experiment's ConfigDict is read here and nowhere else. Keys:
     eval.max_prompt_tokens, .max_new_tokens, .greedy, .num_samples, .temperature, .top_p,
     eval.top_k, .pass_ks, .batch_size, .stop_strings, .check_format, .reward_workers,
     eval.data_dir, .source_dir   see rlcot.evaluation.config.EvalConfig
-    eval.use_checkpoint     evaluate the workdir's RL checkpoint when there is one (default
-                            True; False: always the initial model)
+    eval.use_checkpoint     evaluate the study's output when there is one (default True;
+                            False: always the initial model)
 
 Writes eval.json, eval.md, eval.csv, eval_records/<benchmark>.jsonl and eval_config.json.
 """
@@ -33,149 +32,84 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rlcot.data.templates import TemplateConfig
-from rlcot.evaluation.config import EvalConfig, EvalSet, parse_eval_set, split_eval_set
+from rlcot.evaluation.config import _plain
 
 log = logging.getLogger(__name__)
 
-# config.eval keys -> where they go; anything else fails before the model is loaded.
-_SET_KEYS = ("datasets", "subset", "subset_seed")
-_TEMPLATE_KEYS = {"template": "name", "instruction": "instruction", "system": "system",
-                  "shots": "num_shots", "fewshot_seed": "fewshot_seed"}
-_CLI_KEYS = ("use_checkpoint",)
-_CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.name != "template")
+def _target(plan: Any, workdir: Path, stage: str | None, use_checkpoint: bool
+            ) -> tuple[str, str]:
+    """(label, model source) of the model to evaluate."""
+    from rlcot import sources
+    if stage is not None:
+        st = plan[stage]
+        if not st.makes_model:
+            raise ValueError(f"stage {stage!r} ({st.kind}) produces no model to evaluate")
+        if not sources.is_finished(workdir / stage):
+            raise FileNotFoundError(f"stage {stage!r} has not finished in {workdir}: run it "
+                                    f"first (python -m rlcot.main run ... --stage {stage})")
+        return stage, f"stage:{stage}"
+    made = [s.name for s in plan.stages if s.makes_model]
+    if use_checkpoint and made and sources.is_finished(workdir / made[-1]):
+        return made[-1], f"stage:{made[-1]}"
+    first = next((s for s in plan.stages if s.kind == "rl"), plan.stages[0])
+    return "initial", first.cfg.model.source
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """Where the evaluated model comes from (arguments of rlcot.models.load.load_model)."""
-
-    source: str
-    tokenizer: str | None = None
-    overrides: tuple[tuple[str, Any], ...] = ()  # ModelConfig fields, e.g. dtype
-
-    def __post_init__(self):
-        if not isinstance(self.source, str) or not self.source:
-            raise ValueError(f"model.source must be a non-empty string, got {self.source!r}")
-
-
-def _plain(value: Any) -> Any:
-    """ConfigDict values as plain Python (lists -> tuples, ConfigDicts -> dicts)."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
-def parse_model(model: Mapping[str, Any]) -> ModelSource:
-    model = dict(_plain(model))
-    if "source" not in model:
-        raise ValueError(f"config.model needs a 'source'; it has {sorted(model)}")
-    source, tokenizer = model.pop("source"), model.pop("tokenizer", None)
-    overrides = tuple(sorted((k, v) for k, v in model.items() if v is not None))
-    return ModelSource(source, tokenizer, overrides)
-
-
-def parse_eval_config(ev: Mapping[str, Any], custom_set: Any = None
-                      ) -> tuple[tuple[EvalSet, ...], EvalConfig, bool]:
-    """config.eval -> (eval sets, EvalConfig, use_checkpoint); unknown keys fail.
-
-    custom_set: optional `(name, split, limit) -> EvalSet | None` for sets that are not in
-    the data registry (e.g. the toy world's in-memory splits); None falls back to the registry.
-    """
-    ev = dict(_plain(ev))
-    known = (*_SET_KEYS, *_TEMPLATE_KEYS, *_CLI_KEYS, *_CONFIG_KEYS)
-    unknown = sorted(k for k in ev if k not in known)
-    if unknown:
-        raise ValueError(f"unknown config.eval keys {unknown}; known: {sorted(known)}")
-    datasets = ev.get("datasets")
-    if isinstance(datasets, str):
-        datasets = (datasets,)
-    if not datasets:
-        raise ValueError("config.eval.datasets is empty: give e.g. ('gsm8k:test:200',)")
-    subset = dict(subset=ev.get("subset", "first"), subset_seed=int(ev.get("subset_seed", 0)))
-    sets = tuple(_custom(custom_set, d) or parse_eval_set(d, **subset) for d in datasets)
-    template = TemplateConfig(**{field: ev[key] for key, field in _TEMPLATE_KEYS.items()
-                                 if key in ev and ev[key] is not None})
-    kwargs = {k: ev[k] for k in _CONFIG_KEYS if k in ev and ev[k] is not None}
-    cfg = EvalConfig(template=template, **kwargs)
-    return sets, cfg, bool(ev.get("use_checkpoint", True))
-
-
-def _custom(custom_set: Any, text: str) -> EvalSet | None:
-    return None if custom_set is None else custom_set(*split_eval_set(text))
-
-
-def restore_checkpoint(workdir: Path, model: Any, mesh: Any) -> tuple[Any, int] | None:
-    """Extension point for the RL loop's checkpoints: (model with the policy parameters of the
-    latest checkpoint under workdir/checkpoints, its step), or None when there is none.
-
-    The checkpoint's layout belongs to the RL loop; it provides
-    `rlcot.loop.restore_policy(workdir, model, mesh) -> (LoadedModel, step)`. Until it does,
-    a workdir with checkpoints fails loudly instead of silently evaluating the initial model.
-    """
-    ckpt_dir = Path(workdir) / "checkpoints"
-    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-        return None
-    try:
-        from rlcot.loop import restore_policy
-    except ImportError as e:
-        raise NotImplementedError(
-            f"{ckpt_dir} holds RL checkpoints, but restoring them for evaluation needs "
-            f"rlcot.loop.restore_policy ({e}); pass --config.eval.use_checkpoint=False to "
-            f"evaluate the initial model") from e
-    return restore_policy(workdir, model, mesh)
-
-
-def run_eval(config: Any, workdir: str) -> Any:
-    """Evaluates the experiment's model (or the workdir's latest RL checkpoint) and writes the
-    table and per-item records into `workdir`. Returns the EvalResult."""
+def run_eval(config: Any, workdir: str, stage: str | None = None) -> Any:
+    """Evaluates a model of the study (see the module docstring) and writes the table and
+    per-item records. Returns the EvalResult."""
     import jax
 
+    from rlcot import sources, study, world_setup
     from rlcot.evaluation.results import write_results
     from rlcot.evaluation.runner import evaluate
-    from rlcot.models.load import load_model
-    from rlcot.sharding import MeshConfig
     from rlcot.workdir import write_json
 
     # -- config -> typed settings (nothing is computed before they all validate) -------------
-    seed = int(config.seed)
-    source = parse_model(config.model)
-    sets, eval_cfg, use_checkpoint = parse_eval_config(config.eval)
-    mesh_cfg = MeshConfig(**_plain(config.mesh)) if "mesh" in config else None
+    plan = study.plan(config)
     workdir_path = Path(workdir)
-    workdir_path.mkdir(parents=True, exist_ok=True)
+    top = plan.stages[0].cfg
+    ev = _plain(getattr(plan[stage].cfg, "eval", None) or {}) if stage else {}
+    ev = ev or _plain(config.eval) if "eval" in config else ev
+    world = getattr(top, "world", None)
+    sets, eval_cfg = world_setup.eval_setup(ev, world)
+    use_checkpoint = bool(dict(ev).get("use_checkpoint", True))
+    label, source = _target(plan, workdir_path, stage, use_checkpoint)
+    seed, mesh_cfg = top.seed, top.mesh
+    if source.startswith("stage:") and not sources.is_finished(workdir_path / source[6:]):
+        log.info("the initial model is stage %r's output: running it first", source[6:])
+        study.run(config, workdir_path, only=source[6:])
+    out_dir = workdir_path / "eval" / label
+    out_dir.mkdir(parents=True, exist_ok=True)
     resolved = _plain(config)
     if jax.process_index() == 0:
-        write_json(workdir_path / "eval_config.json", resolved)
+        write_json(out_dir / "eval_config.json", resolved)
 
     # -- model ----------------------------------------------------------------------------------
-    mesh = mesh_cfg.make() if mesh_cfg is not None else None
+    mesh = mesh_cfg.make()
     t0 = time.perf_counter()
-    model = load_model(source.source, mesh=mesh, tokenizer=source.tokenizer, seed=seed,
-                       **dict(source.overrides))
+    resolver = sources.Resolver(study_dir=workdir_path.absolute(), world=world)
+    first = next((s for s in plan.stages if s.kind == "rl"), plan.stages[0]).cfg.model
+    own = source == first.source
+    model = resolver.load(source, mesh=mesh, seed=seed,
+                          tokenizer=first.tokenizer if own else None,
+                          overrides=first.overrides() if own else {
+                              k: v for k, v in first.overrides().items()
+                              if k in ("dtype", "param_dtype")})
     if model.tokenizer is None:
-        raise ValueError(f"model {source.source!r} has no tokenizer: set config.model.tokenizer")
-    step = None
-    if use_checkpoint:
-        restored = restore_checkpoint(workdir_path, model, mesh)
-        if restored is not None:
-            model, step = restored
+        raise ValueError(f"model {source!r} has no tokenizer: set config.model.tokenizer")
     load_s = time.perf_counter() - t0
-    log.info("loaded %s%s in %.1fs", source.source,
-             "" if step is None else f" (checkpoint step {step})", load_s)
+    log.info("loaded %s (%s) in %.1fs", source, label, load_s)
 
     # -- evaluate and write ---------------------------------------------------------------------
     t0 = time.perf_counter()
     result = evaluate(model, model.tokenizer, sets, eval_cfg, rng=jax.random.key(seed),
                       mesh=mesh)
     eval_s = time.perf_counter() - t0
+    extra = world_setup.eval_extras(result)
     if jax.process_index() == 0:
-        write_results(result, workdir_path, "eval", extra={
-            "model": source.source, "checkpoint_step": step, "seed": seed,
-            "load_seconds": load_s, "eval_seconds": eval_s, "config": resolved})
+        write_results(result, out_dir, "eval", extra={
+            "model": source, "stage": label, "seed": seed, "load_seconds": load_s,
+            "eval_seconds": eval_s, "behaviour": extra, "config": resolved})
     print(result.to_markdown(), flush=True)
     return result

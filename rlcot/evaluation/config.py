@@ -192,3 +192,52 @@ class EvalConfig:
             return self.pass_ks
         from rlcot.evaluation.metrics import default_ks
         return tuple(k for k in default_ks(self.num_samples) if k > 1)
+
+
+# config.eval keys -> where they go; anything else fails before the model is loaded.
+_SET_KEYS = ("datasets", "subset", "subset_seed")
+_TEMPLATE_KEYS = {"template": "name", "instruction": "instruction", "system": "system",
+                  "shots": "num_shots", "fewshot_seed": "fewshot_seed"}
+_CLI_KEYS = ("use_checkpoint",)
+_CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.name != "template")
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDict values as plain Python (lists -> tuples, ConfigDicts -> dicts)."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def parse_eval_config(ev: Mapping[str, Any], custom_set: Any = None
+                      ) -> tuple[tuple[EvalSet, ...], EvalConfig, bool]:
+    """config.eval -> (eval sets, EvalConfig, use_checkpoint); unknown keys fail.
+
+    custom_set: optional `(name, split, limit) -> EvalSet | None` for sets that are not in
+    the data registry (e.g. the toy world's in-memory splits); None falls back to the registry.
+    """
+    ev = dict(_plain(ev))
+    known = (*_SET_KEYS, *_TEMPLATE_KEYS, *_CLI_KEYS, *_CONFIG_KEYS)
+    unknown = sorted(k for k in ev if k not in known)
+    if unknown:
+        raise ValueError(f"unknown config.eval keys {unknown}; known: {sorted(known)}")
+    datasets = ev.get("datasets")
+    if isinstance(datasets, str):
+        datasets = (datasets,)
+    if not datasets:
+        raise ValueError("config.eval.datasets is empty: give e.g. ('gsm8k:test:200',)")
+    subset = dict(subset=ev.get("subset", "first"), subset_seed=int(ev.get("subset_seed", 0)))
+    sets = tuple(_custom(custom_set, d) or parse_eval_set(d, **subset) for d in datasets)
+    template = TemplateConfig(**{field: ev[key] for key, field in _TEMPLATE_KEYS.items()
+                                 if key in ev and ev[key] is not None})
+    kwargs = {k: ev[k] for k in _CONFIG_KEYS if k in ev and ev[k] is not None}
+    cfg = EvalConfig(template=template, **kwargs)
+    return sets, cfg, bool(ev.get("use_checkpoint", True))
+
+
+def _custom(custom_set: Any, text: str) -> EvalSet | None:
+    return None if custom_set is None else custom_set(*split_eval_set(text))

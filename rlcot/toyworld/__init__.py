@@ -1,9 +1,10 @@
-"""A synthetic, verifiable reasoning world (column arithmetic with written steps) and its tiny
-pre-trained base model, on which the R1-Zero / R1 / Kimi / preference studies run on CPU.
+"""A synthetic, verifiable reasoning world (column arithmetic with written steps) on which the
+R1-Zero / R1 / Kimi / preference studies run on CPU. Its tiny base model is the first stage of
+those studies: an `sft` stage on the world's corpus (`base_stage()`), cached by content key.
 
     from rlcot import toyworld
     world = toyworld.WorldConfig()
-    base = toyworld.load_base_model(world)          # cached under ~/.cache/rlcot/toyworld
+    config.stages.base = toyworld.base_stage()       # pre-training as a study stage
     train = toyworld.ToyWorldSource(world, "train") # PromptPipeline source (common schema)
     toyworld.is_correct(completion, example["answer"]); toyworld.has_check_step(completion)
 
@@ -23,8 +24,7 @@ _EXPORTS = {
     "word_languages": "checks", "chain_of_thought": "checks", "rates_of": "checks",
     "ToyWorldSource": "dataset", "preference_pairs": "dataset",
     "cached_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
-    "PretrainConfig": "pretrain", "BaseModel": "pretrain", "load_base_model": "pretrain",
-    "generate": "decode",
+    "world_tokenizer": "tokenizer", "base_stage": "base",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -29,3 +29,15 @@ def cached_tokenizer(texts: Sequence[str], vocab_size: int, user_defined_symbols
                               split_digits=True, hard_vocab_limit=False, family=FAMILY)
     cache.write_atomic(path, tok.model_proto)
     return tok
+
+
+# Documents the tokenizer is trained on (every piece of the world occurs in far fewer).
+TOKENIZER_DOCS = 5_000
+
+
+def world_tokenizer(world, cache_dir: str | os.PathLike | None = None) -> SentencePieceTokenizer:
+    """The world's tokenizer: trained on the first TOKENIZER_DOCS corpus documents (cached)."""
+    from rlcot.toyworld.corpus import build_corpus, user_defined_symbols
+    docs = build_corpus(world, min(world.corpus_size, TOKENIZER_DOCS))
+    return cached_tokenizer([d.prompt + d.completion for d in docs], world.vocab_size,
+                            user_defined_symbols(), cache_dir)

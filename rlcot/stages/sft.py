@@ -1,0 +1,329 @@
+"""The `sft` stage kind: supervised fine-tuning on prompt/completion pairs (rlcot.sft's masked
+next-token loss and jitted optax step), exactly resumable, optionally cached by content key.
+
+Data (`data.dataset`):
+  'toyworld_corpus'   the toy world's pre-training corpus (config.world)
+  'toyworld'          the toy world's `split` problems with their clean reference solutions
+  'jsonl:PATH'        rows with "prompt" and "completion"
+  'stage:NAME'        the dataset written by an earlier `generate` stage
+  any registry name   rlcot.data.registry examples: the template's prompt, the "solution" field
+
+Rows with an empty completion, or longer than `data.max_tokens`, are skipped and counted.
+Batches are a pure function of (seed, step) (rlcot.sft.batches), and the checkpoint holds the
+parameters and optimizer state, so a resumed stage ends bit for bit where an uninterrupted one
+does. With `train.cache`, the trained policy is stored under the toy world's cache directory
+keyed by everything that decides it (the stage's settings, the world, the mesh shape and the
+code), and a later study with the same key loads it instead of training: the toy studies'
+base models are built this way once and shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from rlcot import run_config, sft
+from rlcot.data.templates import TemplateConfig
+from rlcot.sharding import MeshConfig
+from rlcot.toyworld.corpus import WorldConfig
+
+log = logging.getLogger(__name__)
+
+MAKES_MODEL = True
+# Code whose changes change what a cached policy holds.
+_CACHE_SOURCES = ("sft.py", "stages/sft.py", "rl/optim.py", "models/transformer.py",
+                  "models/config.py", "models/presets.py", "toyworld/tasks.py",
+                  "toyworld/solutions.py", "toyworld/corpus.py", "toyworld/tokenizer.py",
+                  "tokenizer/spm.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTData:
+    dataset: str = "toyworld_corpus"
+    split: str = "train"
+    template: TemplateConfig = TemplateConfig()
+    limit: int | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self):
+        if not self.dataset:
+            raise ValueError("data.dataset is empty")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"data.limit must be >= 1 or None, got {self.limit}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTTrain:
+    """batch_size rows per step; each batch's `short_rows` shortest rows and its other rows are
+    padded separately (to multiples of length_multiple) and go through one update together;
+    sort_group > 1 sorts groups of that many batches by length."""
+    steps: int = 1000
+    batch_size: int = 64
+    length_multiple: int = 16
+    short_rows: int = 0
+    sort_group: int = 1
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    cache: bool = False
+
+    def __post_init__(self):
+        for f in ("steps", "batch_size", "length_multiple", "sort_group", "checkpoint_every",
+                  "keep_checkpoints", "log_every"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"train.{f} must be >= 1, got {getattr(self, f)}")
+        if not 0 <= self.short_rows < self.batch_size:
+            raise ValueError(f"train.short_rows must be in [0, batch_size={self.batch_size}), "
+                             f"got {self.short_rows}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTStageConfig:
+    model: run_config.ModelSection
+    seed: int = 0
+    mesh: MeshConfig = MeshConfig()
+    world: WorldConfig = WorldConfig()
+    data: SFTData = SFTData()
+    optimizer: sft.SFTConfig = sft.SFTConfig()
+    train: SFTTrain = SFTTrain()
+    eval: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        total = self.optimizer.total_steps
+        if total is not None and total < self.train.steps:
+            raise ValueError(f"optimizer.total_steps ({total}) is shorter than train.steps "
+                             f"({self.train.steps})")
+        if self.train.cache and not self.model.source.startswith("preset:"):
+            raise ValueError(f"train.cache needs a self-contained stage: a 'preset:' model "
+                             f"source, not {self.model.source!r}")
+        if self.train.cache and self.data.dataset.startswith(("stage:", "jsonl:")):
+            raise ValueError(f"train.cache needs data the key can describe, not "
+                             f"{self.data.dataset!r}")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SFTState:
+    params: Any
+    opt_state: Any
+
+
+# ---- the kind's interface ---------------------------------------------------------------------
+
+def inherited(top: dict[str, Any]) -> dict[str, Any]:
+    return {k: top[k] for k in ("seed", "mesh", "world") if k in top}
+
+
+def resolve(values: dict[str, Any]) -> SFTStageConfig:
+    cfg = run_config.build(SFTStageConfig, values, "stage")
+    cfg.model.check()
+    return cfg
+
+
+def sources(cfg: SFTStageConfig) -> dict[str, str | None]:
+    return {"model.source": cfg.model.source, "data.dataset": cfg.data.dataset}
+
+
+def defaults(**fields: Any) -> Any:
+    from ml_collections import config_dict
+
+    from rlcot.study import deep_merge
+    base = run_config._as_config(SFTStageConfig(model=run_config.ModelSection("preset:tiny")))
+    for k in ("seed", "mesh", "world"):  # inherited from the study unless the stage sets them
+        del base[k]
+    values = deep_merge(base.to_dict(), run_config._plain(fields))
+    return config_dict.ConfigDict({"kind": "sft", **values})
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def load_pairs(data: SFTData, world: WorldConfig, study_dir: Path | None
+               ) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """(prompt, completion) texts of the stage's dataset, and counts of skipped rows."""
+    from rlcot.data.templates import render_prompt
+    name = data.dataset
+    skipped = {"empty_completion": 0}
+    if name == "toyworld_corpus":
+        from rlcot.toyworld.corpus import build_corpus
+        rows = [(d.prompt, d.completion) for d in build_corpus(world, data.limit)]
+    elif name.startswith(("jsonl:", "stage:")):
+        if name.startswith("jsonl:"):
+            path = Path(name[len("jsonl:"):]).expanduser()
+        else:
+            path = Path(study_dir) / name[len("stage:"):] / "data.jsonl"
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines()):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "prompt" not in row or "completion" not in row:
+                raise ValueError(f"{path}:{i + 1}: a row needs 'prompt' and 'completion', "
+                                 f"has {sorted(row)}")
+            rows.append((row["prompt"], row["completion"]))
+        rows = rows[:data.limit]
+    else:
+        from rlcot.world_setup import data_source
+        src = data_source(world, name, data.split, data.limit if name == "toyworld" else None)
+        examples = [src[i] for i in range(len(src) if data.limit is None
+                                           else min(len(src), data.limit))]
+        rows = [(render_prompt(data.template, ex), ex.get("solution") or "")
+                for ex in examples]
+    kept = [(p, c) for p, c in rows if c.strip()]
+    skipped["empty_completion"] = len(rows) - len(kept)
+    if not kept:
+        raise ValueError(f"dataset {name!r} has no rows with a completion")
+    return kept, skipped
+
+
+def tokenize(pairs: list[tuple[str, str]], tokenizer: Any, max_tokens: int | None,
+             max_position: int) -> tuple[list, list, np.ndarray, int]:
+    prompts = tokenizer.encode_batch([p for p, _ in pairs])
+    completions = tokenizer.encode_batch([c for _, c in pairs])
+    lengths = np.array([len(p) + len(c) + 1 for p, c in zip(prompts, completions)])
+    limit = min(max_tokens or max_position, max_position)
+    keep = lengths <= limit
+    dropped = int((~keep).sum())
+    if dropped:
+        idx = np.flatnonzero(keep)
+        prompts = [prompts[i] for i in idx]
+        completions = [completions[i] for i in idx]
+        lengths = lengths[idx]
+    return prompts, completions, lengths, dropped
+
+
+# ---- the stage --------------------------------------------------------------------------------
+
+def _cache_key(cfg: SFTStageConfig, mesh_shape: dict[str, int]) -> str:
+    from rlcot.toyworld import cache
+    package = Path(__file__).parents[1]
+    settings = dataclasses.asdict(dataclasses.replace(cfg, eval={}, mesh=MeshConfig()))
+    return cache.content_key(settings, mesh_shape,
+                             cache.source_digest([package / f for f in _CACHE_SOURCES]))
+
+
+def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
+    from rlcot import sources, world_setup
+    from rlcot.checkpoint import Checkpointer
+    from rlcot.rl.logprobs import batch_sharding, row_shards
+    from rlcot.toyworld import cache
+    from rlcot.workdir import MetricsWriter, Progress, read_metrics, write_json
+
+    workdir = Path(ctx.dir)
+    write_json(workdir / "config.json", dataclasses.asdict(cfg))
+    mesh = cfg.mesh.make()
+    t_start = time.perf_counter()
+    policy = ctx.resolver.load(cfg.model.source, mesh=mesh, tokenizer=cfg.model.tokenizer,
+                               seed=cfg.seed, overrides=cfg.model.overrides())
+    tok = policy.tokenizer
+    if tok is None:
+        raise ValueError(f"model {cfg.model.source!r} has no tokenizer: set model.tokenizer")
+    sources.write_model_card(workdir, policy.cfg, tok,
+                             ctx.resolver.tokenizer_ref(cfg.model.source, cfg.model.tokenizer),
+                             cfg.model.source)
+    steps = cfg.train.steps
+    info: dict[str, Any] = {"steps": steps, "seed": cfg.seed,
+                            "num_params": policy.cfg.num_params()}
+
+    # ---- A cached result with the same key: no training ------------------------------------
+    key = entry = None
+    if cfg.train.cache:
+        key = _cache_key(cfg, dict(mesh.shape))
+        entry = cache.cache_dir() / f"sft-{key}"
+        if (entry / "info.json").is_file():
+            params = cache.load_params(entry / "params.npz", policy.params)
+            params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, policy.params))
+            ckpt = Checkpointer(workdir, max_to_keep=1)
+            ckpt.save(steps, sources.PolicyOnly(params), {"step": steps, "cached": key})
+            ckpt.close()
+            (workdir / "metrics.jsonl").write_text((entry / "metrics.jsonl").read_text())
+            cached = json.loads((entry / "info.json").read_text())
+            log.info("policy from the cache (%s): trained in %.0fs", entry, cached["train_s"])
+            return {**cached, "cached": True, "cache_key": key,
+                    "wall_time_s": round(time.perf_counter() - t_start, 2)}
+
+    # ---- Data, optimizer, resume -----------------------------------------------------------
+    pairs, skipped = load_pairs(cfg.data, cfg.world, ctx.study_dir)
+    prompts, completions, lengths, too_long = tokenize(pairs, tok, cfg.data.max_tokens,
+                                                       policy.cfg.max_position)
+    skipped["too_long"] = too_long
+    if any(skipped.values()):
+        log.warning("sft data %s: skipped %s of %d rows", cfg.data.dataset, skipped, len(pairs))
+    opt_cfg = cfg.optimizer
+    if opt_cfg.total_steps is None:
+        opt_cfg = dataclasses.replace(opt_cfg, total_steps=steps)
+    optimizer = sft.make_optimizer(opt_cfg)
+    step_fn = sft.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat)
+    state = SFTState(policy.params, optimizer.init(policy.params))
+    ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)
+    start = 0
+    restored = ckpt.restore(state)
+    if restored is not None:
+        start, state, _ = restored
+        log.info("resumed from step %d", start)
+    order = sft.batches(lengths, cfg.train.batch_size, steps, cfg.seed, cfg.train.sort_group)
+    shards = row_shards(mesh)
+    rows = batch_sharding(mesh)
+    m, k = cfg.train.length_multiple, cfg.train.short_rows
+
+    def collate(idx):
+        width = -(-int(lengths[idx].max()) // m) * m
+        b = sft.collate([(prompts[j], completions[j]) for j in idx], pad_id=tok.pad_id,
+                        eos_id=tok.eos_id, length=width)
+        return jax.device_put(b, rows) if len(idx) % shards == 0 else b
+
+    # ---- The loop ---------------------------------------------------------------------------
+    writer = MetricsWriter(workdir, resume_step=start if restored else None)
+    progress = Progress(steps, initial=start, keys=("loss",), desc=ctx.name)
+    t_train, recent = time.perf_counter(), []
+    params, opt_state = state.params, state.opt_state
+    for i in range(start, steps):
+        idx = order[i]
+        batch = (collate(idx[:k]), collate(idx[k:])) if k else collate(idx)
+        params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch)
+        recent.append(metrics)
+        done = i + 1
+        if done % cfg.train.log_every == 0 or done == steps:
+            got = jax.device_get(recent)
+            row = {"loss": float(np.mean([r["loss"] for r in got])),
+                   "grad_norm": float(np.mean([r["grad_norm"] for r in got])),
+                   "target_tokens": float(np.sum([r["target_tokens"] for r in got])),
+                   "lr": float(sft.learning_rate_schedule(opt_cfg)(i)),
+                   "time/train_s": time.perf_counter() - t_train}
+            recent = []
+            writer.write(done, row)
+            log.info("%s: step %d/%d loss %.4f", ctx.name, done, steps, row["loss"])
+        progress.update({"loss": float(metrics["loss"])} if done % 10 == 0 else {})
+        if done % cfg.train.checkpoint_every == 0 or done == steps:
+            ckpt.save(done, SFTState(params, opt_state), {"step": done})
+    ckpt.close()
+    writer.close()
+    progress.close()
+    params = jax.block_until_ready(params)
+    train_s = time.perf_counter() - t_train
+    rows_ = read_metrics(workdir)
+    info.update({"train_s": round(train_s, 2), "examples": len(prompts), "skipped": skipped,
+                 "final_loss": rows_[-1]["loss"] if rows_ else None,
+                 "tokens_per_sequence_mean": float(lengths.mean()),
+                 "resumed_from_step": start})
+
+    # ---- Evaluation and the cache entry -----------------------------------------------------
+    eval_sets, eval_cfg = world_setup.eval_setup(cfg.eval, cfg.world)
+    if eval_sets:
+        from rlcot.sampling import Sampler
+        sampler = Sampler(policy.cfg, params, tokenizer=tok, mesh=mesh)
+        info["eval_after"] = {k[len("eval/"):]: v for k, v in world_setup.evaluate_at(
+            steps, sampler.generate, tok, eval_sets, eval_cfg, cfg.seed, workdir).items()}
+    if entry is not None:
+        # Parameters and metrics first, info last: info.json marks a complete entry.
+        cache.save_params(entry / "params.npz", params)
+        cache.write_atomic(entry / "metrics.jsonl", (workdir / "metrics.jsonl").read_bytes())
+        cache.write_atomic(entry / "info.json", json.dumps(info, indent=1).encode())
+    return {**info, "cached": False, "cache_key": key,
+            "wall_time_s": round(time.perf_counter() - t_start, 2)}
