@@ -1,9 +1,12 @@
-"""One RL step's rollout: prompts -> G samples each -> scores, with DAPO dynamic sampling."""
+"""One RL step's rollout: prompts -> G samples each -> scores, with DAPO dynamic sampling; and
+`align_learner`, which makes the learner's settings agree with how rollouts are drawn."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+import warnings
 from typing import Any, Callable, Iterator
 
 import jax
@@ -12,6 +15,89 @@ import numpy as np
 
 from rlcot.rewards import RewardInput
 from rlcot.sampling import SamplingSpec, TrainerBatch, completion_texts, trainer_batch
+
+log = logging.getLogger(__name__)
+
+# Cap of the truncated importance weights `off_policy='correct'` turns on (as in Yao et al.'s
+# TIS and verl's rollout importance sampling default).
+CORRECTION_TIS_CAP = 2.0
+
+
+class OffPolicyWarning(UserWarning):
+    """Rollouts come from a distribution other than the one the loss's ratio assumes."""
+
+
+_WARNED: set[str] = set()
+
+
+def off_policy_settings(rollout: Any) -> list[str]:
+    """The sampling settings that make the sampler's distribution differ from the policy at
+    temperature 1 (what the trainer's log-probs are), e.g. ['temperature=0.6', 'top_p=0.95']."""
+    out = []
+    if rollout.temperature != 1.0:
+        out.append(f"temperature={rollout.temperature}")
+    if rollout.top_k:
+        out.append(f"top_k={rollout.top_k}")
+    if rollout.top_p < 1.0:
+        out.append(f"top_p={rollout.top_p}")
+    if rollout.min_p > 0.0:
+        out.append(f"min_p={rollout.min_p}")
+    return out
+
+
+def align_learner(rc: Any) -> Any:
+    """The run config with its learner made to agree with the rollout settings; call once at
+    setup, before the update step is built.
+
+    - Dr.GRPO's normaliser (aggregation mode 'constant' without `constant` or `max_tokens`)
+      gets the completion budget `max_tokens = rollout.max_new_tokens`.
+    - Off-policy sampling: with temperature != 1, top-k, top-p or min-p, tokens come from the
+      tempered, filtered distribution q while the ratio's old log-probs are those of the policy
+      at temperature 1. Unless `learner.objective.tis_cap` is set (truncated importance
+      sampling with weights min(pi_old / q, cap), q the sampler's own log-probs), `rollout.off_policy`
+      decides: 'warn' (once, loudly, naming the settings), 'correct' (sets tis_cap to
+      CORRECTION_TIS_CAP; greedy sampling cannot be corrected and raises) or 'error'.
+      verl and TRL instead divide the trainer's logits by the sampling temperature (and
+      ignore the filters); rlcot keeps the policy at temperature 1 and says so.
+    - Dynamic sampling's filter must name a term of the reward spec (or 'accuracy' / 'total').
+    """
+    ro, learner = rc.rollout, rc.learner
+    obj = learner.objective
+    agg = obj.aggregation
+    if agg.mode == "constant" and agg.constant is None and agg.max_tokens is None:
+        agg = dataclasses.replace(agg, max_tokens=ro.max_new_tokens)
+    settings = off_policy_settings(ro)
+    tis_cap = obj.tis_cap
+    if settings and tis_cap is None:
+        what = (f"rollout sampling is off-policy ({', '.join(settings)}): tokens are drawn from "
+                f"the tempered/filtered distribution while the loss's ratio uses the policy at "
+                f"temperature 1, and learner.objective.tis_cap is not set")
+        if ro.off_policy == "error":
+            raise ValueError(f"{what}. Set learner.objective.tis_cap (e.g. 2.0), "
+                             f"rollout.off_policy='correct', or sample at temperature 1 "
+                             f"without filters.")
+        if ro.off_policy == "correct":
+            if ro.temperature == 0:
+                raise ValueError(f"{what}; greedy sampling (temperature=0) has no sampling "
+                                 f"distribution to correct against: sample with temperature > 0")
+            tis_cap = CORRECTION_TIS_CAP
+            log.warning("%s; correcting it: truncated importance sampling against the "
+                        "sampler's log-probs, tis_cap=%s (rollout.off_policy='correct')",
+                        what, tis_cap)
+        elif what not in _WARNED:
+            _WARNED.add(what)
+            msg = (f"{what}. THE UPDATE IS OFF-POLICY. Set learner.objective.tis_cap (e.g. "
+                   f"2.0) or rollout.off_policy='correct' to correct it with truncated "
+                   f"importance sampling, or rollout.off_policy='error' to refuse.")
+            log.warning("%s\n%s\n%s", "!" * 78, msg, "!" * 78)
+            warnings.warn(msg, OffPolicyWarning, stacklevel=2)
+    if ro.dynamic_sampling:
+        from rlcot.rewards.registry import filter_label, parse_reward_spec
+        filter_label(parse_reward_spec(rc.rewards), ro.dynamic_sampling_filter)
+    if agg is obj.aggregation and tis_cap == obj.tis_cap:
+        return rc
+    obj = dataclasses.replace(obj, aggregation=agg, tis_cap=tis_cap)
+    return dataclasses.replace(rc, learner=dataclasses.replace(learner, objective=obj))
 
 
 @dataclasses.dataclass
@@ -58,9 +144,13 @@ def _take_rows(tb: TrainerBatch, rows: np.ndarray) -> TrainerBatch:
 
 def collect(prompt_batches: Iterator[dict[str, Any]], generate: Callable, score: Callable,
             tokenizer: Any, spec: SamplingSpec, *, num_samples: int, batch_prompts: int,
-            key: jax.Array, dynamic_sampling: bool, max_rounds: int) -> Rollout:
+            key: jax.Array, dynamic_sampling: bool, max_rounds: int,
+            filter_on: str = "accuracy") -> Rollout:
     """Samples and scores rounds of `batch_prompts` prompts until `batch_prompts` groups are
-    kept (every group, without dynamic sampling; only groups whose rewards differ, with it).
+    kept (every group, without dynamic sampling; with it, only groups whose `filter_on` values
+    differ: 'accuracy' (the reward spec's accuracy term, as DAPO filters: a shaping term such
+    as format or length must not keep a group whose answers are all right or all wrong),
+    'total' (the combined reward) or a reward term label).
 
     generate: Sampler.generate. score: RewardInput -> CombinedRewards. Groups left short after
     `max_rounds` are filled with dropped groups whose rows are marked invalid.
@@ -88,6 +178,8 @@ def collect(prompt_batches: Iterator[dict[str, Any]], generate: Callable, score:
             group_ids=np.repeat(np.arange(B, dtype=np.int32), G), truncated=truncated))
         stats["score_s"] += time.perf_counter() - t0
         total_BxG = np.asarray(combined.total, np.float32).reshape(B, G)
+        filter_BxG = (np.asarray(combined.filter_values(filter_on), np.float32).reshape(B, G)
+                      if dynamic_sampling else total_BxG)
         rounds.append(dict(batch=trainer_batch(out), scores=total_BxG.reshape(-1),
                            components={k: np.asarray(v.values, np.float32)
                                        for k, v in combined.components.items()},
@@ -95,7 +187,7 @@ def collect(prompt_batches: Iterator[dict[str, Any]], generate: Callable, score:
                            texts=texts, examples=examples))
         stats["groups_sampled"] += B
         for b in range(B):
-            informative = total_BxG[b].max() > total_BxG[b].min()
+            informative = filter_BxG[b].max() > filter_BxG[b].min()
             (kept if informative or not dynamic_sampling else dropped).append((r, b))
         if len(kept) >= batch_prompts:
             break
