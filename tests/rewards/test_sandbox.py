@@ -4,6 +4,7 @@ import os
 import dataclasses
 import socket
 import subprocess
+import sys
 import time
 import uuid
 
@@ -31,9 +32,11 @@ def hostile_reward(body: str, limits: SandboxLimits = LIMITS):
 
 
 def test_capabilities_on_this_host():
-    print("sandbox enforces:", CAPS.describe())
-    if os.geteuid() == 0 and os.environ.get("RLCOT_SANDBOX_ISOLATION") != "none":
-        assert CAPS.uid_switch or CAPS.namespaces or CAPS.cgroups  # root must get isolation
+    print("sandbox enforces:", CAPS.describe(), "missing:", dict(CAPS.missing))
+    assert set(CAPS.missing) == {"namespaces", "unprivileged", "no_new_privs",
+                                 "cgroup_limits"} - CAPS.features  # every gap has a reason
+    if os.geteuid() == 0 and sys.platform.startswith("linux"):
+        assert CAPS.no_new_privs and (CAPS.uid_switch or CAPS.namespaces)
 
 
 def test_harmless_program_passes():
@@ -57,7 +60,7 @@ def test_sleeping_program_stopped_by_wall_clock():
     assert out.metrics["n_program_timeout"] == 1
 
 
-@pytest.mark.skipif(not (CAPS.namespaces or CAPS.cgroups or CAPS.uid_switch),
+@pytest.mark.skipif(not (CAPS.namespaces or CAPS.cgroup or CAPS.uid_switch),
                     reason="nothing on this host bounds the number of processes")
 def test_fork_bomb_contained():
     # Every child forks forever; the process cap stops it, the namespace/group kill cleans up.
@@ -184,7 +187,8 @@ def test_gigabyte_of_output_capped():
 
 
 def test_forged_result_lines_do_not_count():
-    # Printing lines that look like harness reports without the nonce earns nothing.
+    # Printing lines that look like the old harness's reports earns nothing (the tests run
+    # outside the sandbox; test_sandbox_forgery.py has the hostile programs that try harder).
     out = hostile_reward('print(\'{"unit": 0, "counts": true, "passed": true}\')\n'
                          'print(\'{"done": true}\')\nimport os\nos._exit(0)')
     assert out.values.tolist() == [-1.0]

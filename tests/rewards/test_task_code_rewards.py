@@ -70,14 +70,20 @@ def test_extract_code_and_build_program(humaneval):
 
 
 def test_humaneval_canonical_solutions_pass(humaneval):
-    probs = humaneval[:6]
+    # The first six, and three whose tests use the prompt's helpers (poly, encode_cyclic,
+    # encode_shift) in seeded random loops: the tests run outside the sandbox with the prompt.
+    probs = humaneval[:6] + [humaneval[i] for i in (32, 38, 50)]
+    n = len(probs)
     with RewardPool(2) as pool:
         out = code_tests(_batch([p["canonical_solution"] for p in probs], probs), pool=pool)
         frac = code_tests(_batch([p["canonical_solution"] for p in probs], probs), pool=pool,
                           mode="fraction")
-    np.testing.assert_array_equal(out.values, np.ones(6))
-    np.testing.assert_array_equal(frac.values, np.ones(6))
-    assert all(d["n_tests"] > 1 for d in frac.details)  # check() was split into its asserts
+        wrong = code_tests(_batch(["    return None\n"] * n, probs), pool=pool)
+    np.testing.assert_array_equal(out.values, np.ones(n))
+    np.testing.assert_array_equal(frac.values, np.ones(n))
+    np.testing.assert_array_equal(wrong.values, np.zeros(n))
+    assert all(d["n_tests"] > 1 for d in frac.details[:6])  # check() was split into its asserts
+    assert [d["n_tests"] for d in frac.details[6:]] == [1, 1, 1]  # asserts only inside loops
 
 
 def test_code_reward_partial_and_malformed(humaneval):
