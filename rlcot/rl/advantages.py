@@ -110,6 +110,8 @@ def reinforce_pp(rewards_BxG: jax.Array, *, mask_BxG: jax.Array | None = None,
     weighs by its length `lengths_BxG` (valid completion tokens per row, required):
     mean = sum_b len_b x_b / sum_b len_b, var = sum_b len_b (x_b - mean)^2 / (sum_b len_b - 1).
     "sequences": each valid row counts once (rlcot's earlier form, kept as a named option).
+    eps is added to the std (as rlcot's GRPO); verl's masked_whiten uses rsqrt(var + 1e-8):
+    the two differ by about eps/std relative (1e-6 at std 1, 1e-5 at std 0.1).
     Rows with no valid token still enter their group's mean (they have a reward) but take no
     part in the whitening."""
     _check_rewards(rewards_BxG)
