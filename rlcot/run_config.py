@@ -195,20 +195,21 @@ SECTIONS = {"mesh": MeshConfig, "model": ModelSection, "data": DataSection,
             "rollout": RolloutSection, "advantage": AdvantageConfig, "learner": UpdateConfig,
             "train": TrainSection, "world": WorldConfig}
 FREEFORM = ("rewards", "eval")  # validated by their own packages
+STUDY_KEYS = ("stage_order", "stages")  # the study's pipeline, validated by rlcot.study
 
 
 def resolve(config: Any) -> RunConfig:
     """RunConfig from an experiment's ConfigDict (fails on unknown keys and bad values)."""
     values = _plain(config)
-    unknown = sorted(set(values) - set(SECTIONS) - set(FREEFORM) - {"seed", "name"})
+    known = {*SECTIONS, *FREEFORM, "seed", "name", *STUDY_KEYS}
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise KeyError(f"config: unknown top-level key(s) {unknown}; known: "
-                       f"{sorted([*SECTIONS, *FREEFORM, 'seed', 'name'])}")
+        raise KeyError(f"config: unknown top-level key(s) {unknown}; known: {sorted(known)}")
     sections = {name: build(cls, values.get(name), name) for name, cls in SECTIONS.items()}
-    sections["model"].check()
     if not values.get("rewards"):
         raise ValueError("config.rewards is empty: name at least one reward, e.g. "
                          "{'math_accuracy': 1.0}")
+    sections["model"].check()
     return RunConfig(seed=int(values.get("seed", 0)), rewards=values["rewards"],
                      eval=values.get("eval") or {}, **sections)
 

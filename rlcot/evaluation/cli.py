@@ -25,10 +25,8 @@ Writes eval.json, eval.md, eval.csv, eval_records/<benchmark>.jsonl and eval_con
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +34,28 @@ from rlcot.evaluation.config import _plain
 
 log = logging.getLogger(__name__)
 
-def _target(plan: Any, workdir: Path, stage: str | None, use_checkpoint: bool
-            ) -> tuple[str, str]:
-    """(label, model source) of the model to evaluate."""
-    from rlcot import sources
+def _choose(config: Any, workdir: Path, stage: str | None) -> dict[str, Any]:
+    """What to evaluate and how: label, model section, eval mapping, seed, mesh, world."""
+    from rlcot import run_config, sources, study
+    from rlcot.sharding import MeshConfig
+    from rlcot.toyworld.corpus import WorldConfig
+    values = run_config._plain(config)
+    top_eval = dict(values.get("eval") or {})
+    seed = int(values.get("seed", 0))
+    mesh = run_config.build(MeshConfig, values.get("mesh"), "mesh")
+    world = run_config.build(WorldConfig, values.get("world"), "world")
+    if not values.get("stages"):  # a single-model experiment (e.g. evaluation only)
+        if stage is not None:
+            raise ValueError(f"--stage {stage!r}: this experiment declares no stages")
+        model = run_config.build(run_config.ModelSection, values.get("model"), "model").check()
+        use_ckpt = bool(top_eval.get("use_checkpoint", True))
+        if use_ckpt and sources.is_finished(workdir / study.IMPLICIT_STAGE):
+            model = run_config.ModelSection(f"stage:{study.IMPLICIT_STAGE}")
+            return dict(label=study.IMPLICIT_STAGE, model=model, eval=top_eval, seed=seed,
+                        mesh=mesh, world=world)
+        return dict(label="initial", model=model, eval=top_eval, seed=seed, mesh=mesh,
+                    world=world)
+    plan = study.plan(config)
     if stage is not None:
         st = plan[stage]
         if not st.makes_model:
@@ -47,17 +63,22 @@ def _target(plan: Any, workdir: Path, stage: str | None, use_checkpoint: bool
         if not sources.is_finished(workdir / stage):
             raise FileNotFoundError(f"stage {stage!r} has not finished in {workdir}: run it "
                                     f"first (python -m rlcot.main run ... --stage {stage})")
-        return stage, f"stage:{stage}"
+        ev = dict(getattr(st.cfg, "eval", None) or {}) or top_eval
+        return dict(label=stage, model=run_config.ModelSection(f"stage:{stage}"), eval=ev,
+                    seed=seed, mesh=mesh, world=world)
     made = [s.name for s in plan.stages if s.makes_model]
-    if use_checkpoint and made and sources.is_finished(workdir / made[-1]):
-        return made[-1], f"stage:{made[-1]}"
+    if bool(top_eval.get("use_checkpoint", True)) and made and sources.is_finished(
+            workdir / made[-1]):
+        return dict(label=made[-1], model=run_config.ModelSection(f"stage:{made[-1]}"),
+                    eval=top_eval, seed=seed, mesh=mesh, world=world)
     first = next((s for s in plan.stages if s.kind == "rl"), plan.stages[0])
-    return "initial", first.cfg.model.source
+    return dict(label="initial", model=first.cfg.model, eval=top_eval, seed=seed, mesh=mesh,
+                world=world, config=config)
 
 
 def run_eval(config: Any, workdir: str, stage: str | None = None) -> Any:
     """Evaluates a model of the study (see the module docstring) and writes the table and
-    per-item records. Returns the EvalResult."""
+    per-item records to WORKDIR/eval/LABEL/. Returns the EvalResult."""
     import jax
 
     from rlcot import sources, study, world_setup
@@ -66,40 +87,32 @@ def run_eval(config: Any, workdir: str, stage: str | None = None) -> Any:
     from rlcot.workdir import write_json
 
     # -- config -> typed settings (nothing is computed before they all validate) -------------
-    plan = study.plan(config)
     workdir_path = Path(workdir)
-    top = plan.stages[0].cfg
-    ev = _plain(getattr(plan[stage].cfg, "eval", None) or {}) if stage else {}
-    ev = ev or _plain(config.eval) if "eval" in config else ev
-    world = getattr(top, "world", None)
-    sets, eval_cfg = world_setup.eval_setup(ev, world)
-    use_checkpoint = bool(dict(ev).get("use_checkpoint", True))
-    label, source = _target(plan, workdir_path, stage, use_checkpoint)
-    seed, mesh_cfg = top.seed, top.mesh
+    pick = _choose(config, workdir_path, stage)
+    model_section, seed = pick["model"], pick["seed"]
+    sets, eval_cfg = world_setup.eval_setup(pick["eval"], pick["world"])
+    if not sets:
+        raise ValueError("config.eval is empty: nothing to evaluate")
+    source = model_section.source
     if source.startswith("stage:") and not sources.is_finished(workdir_path / source[6:]):
         log.info("the initial model is stage %r's output: running it first", source[6:])
         study.run(config, workdir_path, only=source[6:])
-    out_dir = workdir_path / "eval" / label
+    out_dir = workdir_path / "eval" / pick["label"]
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = _plain(config)
     if jax.process_index() == 0:
         write_json(out_dir / "eval_config.json", resolved)
 
     # -- model ----------------------------------------------------------------------------------
-    mesh = mesh_cfg.make()
+    mesh = pick["mesh"].make()
     t0 = time.perf_counter()
-    resolver = sources.Resolver(study_dir=workdir_path.absolute(), world=world)
-    first = next((s for s in plan.stages if s.kind == "rl"), plan.stages[0]).cfg.model
-    own = source == first.source
-    model = resolver.load(source, mesh=mesh, seed=seed,
-                          tokenizer=first.tokenizer if own else None,
-                          overrides=first.overrides() if own else {
-                              k: v for k, v in first.overrides().items()
-                              if k in ("dtype", "param_dtype")})
+    resolver = sources.Resolver(study_dir=workdir_path.absolute(), world=pick["world"])
+    model = resolver.load(source, mesh=mesh, seed=seed, tokenizer=model_section.tokenizer,
+                          overrides=model_section.overrides())
     if model.tokenizer is None:
         raise ValueError(f"model {source!r} has no tokenizer: set config.model.tokenizer")
     load_s = time.perf_counter() - t0
-    log.info("loaded %s (%s) in %.1fs", source, label, load_s)
+    log.info("loaded %s (%s) in %.1fs", source, pick["label"], load_s)
 
     # -- evaluate and write ---------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -109,7 +122,7 @@ def run_eval(config: Any, workdir: str, stage: str | None = None) -> Any:
     extra = world_setup.eval_extras(result)
     if jax.process_index() == 0:
         write_results(result, out_dir, "eval", extra={
-            "model": source, "stage": label, "seed": seed, "load_seconds": load_s,
+            "model": source, "stage": pick["label"], "seed": seed, "load_seconds": load_s,
             "eval_seconds": eval_s, "behaviour": extra, "config": resolved})
     print(result.to_markdown(), flush=True)
     return result

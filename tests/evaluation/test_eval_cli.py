@@ -10,7 +10,9 @@ import pytest
 from ml_collections import config_dict
 
 from rlcot.evaluation import EvalConfig, EvalSet, parse_eval_set
-from rlcot.evaluation.cli import parse_eval_config, parse_model, restore_checkpoint, run_eval
+from rlcot.evaluation.cli import run_eval
+from rlcot.evaluation.config import parse_eval_config
+from rlcot.run_config import ModelSection, build
 from rlcot.data.templates import TemplateConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,11 +56,12 @@ def test_bad_eval_config_fails_before_compute(bad, match):
 def test_parse_eval_set_and_model():
     assert parse_eval_set("gsm8k:test:200") == EvalSet("gsm8k", "test", 200)
     assert parse_eval_set("math500:test").limit is None
-    m = parse_model(config_dict.ConfigDict({"source": "preset:tiny", "dtype": "bfloat16",
-                                            "tokenizer": None, "param_dtype": None}))
-    assert (m.source, m.tokenizer, m.overrides) == ("preset:tiny", None, (("dtype", "bfloat16"),))
-    with pytest.raises(ValueError, match="needs a 'source'"):
-        parse_model({"dtype": "float32"})
+    m = build(ModelSection, config_dict.ConfigDict({"source": "preset:tiny", "dtype": "bfloat16",
+                                                    "tokenizer": None, "param_dtype": None}),
+              "model")
+    assert (m.source, m.tokenizer, m.overrides()) == ("preset:tiny", None, {"dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="model.source is empty"):
+        build(ModelSection, {"dtype": "float32"}, "model").check()
 
 
 def test_defaults_stop_and_format():
@@ -82,7 +85,7 @@ def _load_experiment(name):
 def test_smollm2_experiment_config_loads(variant):
     config = _load_experiment("eval_smollm2_gsm8k").get_config(variant)
     sets, cfg, _ = parse_eval_config(config.eval)
-    assert parse_model(config.model).source == "gguf:smollm2"
+    assert build(ModelSection, config.model, "model").source == "gguf:smollm2"
     assert sets[0].name == "gsm8k" and sets[0].split == "test"
     assert cfg.template.name == "chat" and "####" in cfg.template.instruction
     if variant == "full":
@@ -91,27 +94,18 @@ def test_smollm2_experiment_config_loads(variant):
         assert sets[0].limit is not None and cfg.greedy and not cfg.sampled
 
 
-def test_restore_checkpoint_extension_point(tmp_path):
-    assert restore_checkpoint(tmp_path, None, None) is None
-    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
-    if importlib.util.find_spec("rlcot.loop") is None:
-        with pytest.raises(NotImplementedError, match="use_checkpoint=False"):
-            restore_checkpoint(tmp_path, None, None)
-
-
 def test_run_eval_writes_files(toy_tok, shared_source_dir, tmp_path, capsys):
     tok_path = toy_tok.save(tmp_path / "toy.model")
     config = config_dict.ConfigDict({
         "seed": 0,
-        "model": {"source": "preset:tiny", "tokenizer": str(tok_path),
-                  "vocab_size": toy_tok.vocab_size},
+        "model": {"source": "preset:tiny", "tokenizer": str(tok_path)},
         # AIME 2024: the smallest benchmark (30 rows) to build.
         "eval": {"datasets": ("aime24:test:3",), "template": "qa", "max_new_tokens": 4,
                  "batch_size": 4, "data_dir": str(tmp_path / "tfds"),
                  "source_dir": str(shared_source_dir)},
     })
-    workdir = tmp_path / "run"
-    result = run_eval(config, str(workdir))
+    result = run_eval(config, str(tmp_path / "run"))
+    workdir = tmp_path / "run" / "eval" / "initial"  # no trained model yet: the initial one
     for name in ("eval.json", "eval.md", "eval.csv", "eval_config.json",
                  "eval_records/aime24_test.jsonl"):
         assert (workdir / name).is_file(), name

@@ -23,9 +23,12 @@ def _experiment(name: str):
 def test_default_config_holds_every_field_and_resolves_to_the_defaults():
     c = run_config.default_config()
     c.rewards = {"math_accuracy": 1.0}
+    with pytest.raises(ValueError, match="model.source is empty"):
+        run_config.resolve(c)
+    c.model.source = "preset:tiny"
     rc = run_config.resolve(c)
     for name, cls in run_config.SECTIONS.items():
-        assert getattr(rc, name) == cls(), name
+        assert getattr(rc, name) == (cls("preset:tiny") if name == "model" else cls()), name
     # No section name shadows a ConfigDict attribute (c.update would be the method).
     for name in [*run_config.SECTIONS, *run_config.FREEFORM]:
         assert not hasattr(config_dict.ConfigDict(), name), name
@@ -49,6 +52,7 @@ def test_bad_keys_and_values_fail_by_name():
     c = run_config.default_config()
     c.rewards = {"math_accuracy": 1.0}
     c.learner.epochs = 0
+    c.model.source = "preset:tiny"
     with pytest.raises(ValueError, match="epochs"):
         run_config.resolve(c)
     c = run_config.default_config()
@@ -56,17 +60,23 @@ def test_bad_keys_and_values_fail_by_name():
         run_config.resolve(c)
 
 
-@pytest.mark.parametrize("variant", [None, "toy", "toy_checks", "smollm2_smoke", "qwen_math_1.5b",
-                                     "qwen_0.5b"])
+@pytest.mark.parametrize("variant", [None, "toy", "toy_shortcut", "smollm2_smoke",
+                                     "qwen_math_1.5b", "qwen_0.5b"])
 def test_r1_zero_variants_resolve(variant):
+    from rlcot import study
     mod = _experiment("r1_zero")
-    rc = run_config.resolve(mod.get_config(variant))
+    plan = study.plan(mod.get_config(variant))
+    rc = plan["rl"].cfg
     assert rc.advantage.estimator == "grpo" and rc.learner.objective.kl.placement == "none"
     assert set(rc.rewards) == {"accuracy", "format"}
     rows = rc.data.batch_prompts * rc.rollout.num_samples
     rc.learner.check_rows(rows)  # splits into minibatches x micro-batches
-    if variant in (None, "toy", "toy_checks"):
-        assert rc.model.source == "toyworld" and rc.eval["datasets"] == ("toyworld:test:256",)
+    if variant in (None, "toy", "toy_shortcut"):
+        assert plan.order == ("base", "rl") and plan["base"].kind == "sft"
+        assert rc.model.source == "stage:base" and rc.eval["datasets"] == ("toyworld:test:256",)
+        assert rc.world.rates.flaw_rate == (0.6 if variant == "toy_shortcut" else 1.0)
+    else:
+        assert plan.order == ("rl",)
 
 
 def test_r1_zero_rejects_unknown_variants():

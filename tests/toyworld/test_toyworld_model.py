@@ -1,25 +1,37 @@
-"""Toy tokenizer cache, base-model pre-training cache and reproducibility, and the decoder."""
+"""Toy tokenizer cache; the base model as a cached sft stage: reproducible bit for bit, and
+loaded from the cache by a second study with the same settings."""
 
-import dataclasses
+import json
 
 import jax
-import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 import pytest
 
+from rlcot import sources
 from rlcot.data.templates import R1_ZERO_PREAMBLE
-from rlcot.models.transformer import forward
+from rlcot.sft import batches
+from rlcot.toyworld import base_stage
 from rlcot.toyworld import tokenizer as toy_tokenizer
-from rlcot.toyworld.corpus import WorldConfig, build_corpus, prompt_text, user_defined_symbols
-from rlcot.toyworld.decode import generate
-from rlcot.toyworld.pretrain import PretrainConfig, batches, cache_key, load_base_model
+from rlcot.toyworld.corpus import WorldConfig, build_corpus, user_defined_symbols
 from rlcot.toyworld.tasks import TaskConfig
 
 WORLD = WorldConfig(task=TaskConfig(min_digits=2, max_digits=2), corpus_size=64)
-# One layer of width 32, 3 steps, one padded width (64): compiles once per process.
-SMALL = PretrainConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64,
-                       max_position=192, steps=3, batch_size=8, warmup_steps=1,
-                       length_multiple=64, short_rows=4)
+
+
+def small_study(seed: int = 0) -> mlc.ConfigDict:
+    """One stage: the base model with one layer of width 32, 3 steps, one padded width (64)."""
+    c = mlc.ConfigDict()
+    c.world = dict(task=dict(min_digits=2, max_digits=2), corpus_size=64)
+    c.stage_order = ("base",)
+    c.stages = dict(base=base_stage(
+        seed=seed,
+        model=dict(config=dict(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, head_dim=16,
+                               mlp_dim=64, max_position=192)),
+        optimizer=dict(warmup_steps=1),
+        train=dict(steps=3, batch_size=8, length_multiple=64, short_rows=4, log_every=1,
+                   checkpoint_every=2)))
+    return c
 
 
 def test_tokenizer_is_cached_by_content(tmp_path, monkeypatch):
@@ -44,33 +56,56 @@ def test_tokenizer_is_cached_by_content(tmp_path, monkeypatch):
     assert tok.eos_id == 1 and tok.pad_id == 0 and not tok.add_bos_by_default
 
 
+
+def _params(stage_dir):
+    model = sources.Resolver().load(f"workdir:{stage_dir}")
+    return model, [np.asarray(x) for x in jax.tree.leaves(model.params)]
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
+    from rlcot.study import run
     cache = tmp_path_factory.mktemp("toyworld_cache")
-    return load_base_model(WORLD, SMALL, cache), cache
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RLCOT_TOYWORLD_CACHE", str(cache))
+    workdir = tmp_path_factory.mktemp("study")
+    run(small_study(), workdir)
+    yield workdir / "base", cache
+    mp.undo()
 
 
-def test_pretraining_cache_hit_is_bitwise_identical(base):
-    trained, cache = base
-    assert not trained.cached
-    assert trained.info["cache_key"] == cache_key(WORLD, SMALL)
-    hit = load_base_model(WORLD, SMALL, cache)
-    assert hit.cached and hit.tokenizer.model_proto == trained.tokenizer.model_proto
-    assert hit.cfg == trained.cfg
-    a, b = jax.tree.leaves(trained.params), jax.tree.leaves(hit.params)
-    assert len(a) == len(b) and all(
-        x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
-    # Another config is another entry.
-    assert cache_key(WORLD, dataclasses.replace(SMALL, seed=1)) != cache_key(WORLD, SMALL)
-    assert cache_key(dataclasses.replace(WORLD, seed=1), SMALL) != cache_key(WORLD, SMALL)
+def test_pretraining_cache_hit_is_bitwise_identical(base, tmp_path):
+    from rlcot.study import run
+    trained_dir, cache = base
+    summary = json.loads((trained_dir / "summary.json").read_text())
+    assert summary["finished"] and not summary["cached"]
+    assert [r["step"] for r in map(json.loads, (trained_dir / "metrics.jsonl").read_text()
+                                   .splitlines())] == [1, 2, 3]
+    run(small_study(), tmp_path / "again")           # another study, the same settings
+    hit = json.loads((tmp_path / "again" / "base" / "summary.json").read_text())
+    assert hit["cached"] and hit["cache_key"] == summary["cache_key"]
+    m1, a = _params(trained_dir)
+    m2, b = _params(tmp_path / "again" / "base")
+    assert m1.cfg == m2.cfg and m1.tokenizer.model_proto == m2.tokenizer.model_proto
+    assert len(a) == len(b) and all(x.dtype == y.dtype and np.array_equal(x, y)
+                                    for x, y in zip(a, b))
+    # The curve of the cached training is shown again, not an empty one.
+    assert (tmp_path / "again" / "base" / "metrics.jsonl").read_text() == (
+        trained_dir / "metrics.jsonl").read_text()
+    # Another seed is another entry.
+    run(small_study(seed=1), tmp_path / "seed1")
+    other = json.loads((tmp_path / "seed1" / "base" / "summary.json").read_text())
+    assert not other["cached"] and other["cache_key"] != summary["cache_key"]
 
 
-def test_pretraining_is_reproducible(base, tmp_path):
-    trained, _ = base
-    again = load_base_model(WORLD, SMALL, tmp_path, force=True)
-    assert not again.cached
-    for x, y in zip(jax.tree.leaves(trained.params), jax.tree.leaves(again.params)):
-        assert np.array_equal(np.asarray(x), np.asarray(y))
+def test_pretraining_is_reproducible(base, tmp_path, monkeypatch):
+    from rlcot.study import run
+    trained_dir, _ = base
+    monkeypatch.setenv("RLCOT_TOYWORLD_CACHE", str(tmp_path / "empty_cache"))
+    run(small_study(), tmp_path / "fresh")
+    assert not json.loads((tmp_path / "fresh" / "base" / "summary.json").read_text())["cached"]
+    for x, y in zip(_params(trained_dir)[1], _params(tmp_path / "fresh" / "base")[1]):
+        assert np.array_equal(x, y)
 
 
 def test_batches_cover_the_corpus_and_sort_lengths():
@@ -80,32 +115,5 @@ def test_batches_cover_the_corpus_and_sort_lengths():
     assert sorted(np.concatenate(out[:10]).tolist()) == list(range(40))  # one epoch = 10 batches
     again = batches(lengths, 4, 20, seed=0, group=2)
     assert [b.tolist() for b in out] == [b.tolist() for b in again]
-    with pytest.raises(ValueError, match="smaller than batch_size"):
+    with pytest.raises(ValueError, match="fewer than batch_size"):
         batches(lengths[:3], 4, 1, seed=0)
-
-
-_logits = jax.jit(lambda g, p, t: forward(g, p, t, jnp.arange(t.shape[1])[None, :])[0],
-                  static_argnums=0)
-
-
-def test_greedy_decoding_matches_teacher_forced_argmax(base):
-    model, _ = base
-    tok = model.tokenizer
-    prompts = [tok.encode(prompt_text(q)) for q in ("12+34", "99+1", "7+8")]
-    out = generate(model.cfg, model.graphdef, model.params, prompts, max_new_tokens=6,
-                   eos_id=tok.eos_id, batch_size=4)
-    for p, completion in zip(prompts, out):
-        assert 1 <= len(completion) <= 6
-        assert tok.eos_id not in completion[:-1]
-        seq = jnp.asarray([p + completion])
-        logits = _logits(model.graphdef, model.params, seq)
-        expect = np.argmax(np.asarray(logits[0, len(p) - 1:-1]), axis=-1)
-        assert completion == expect.tolist()
-    sampled = generate(model.cfg, model.graphdef, model.params, prompts, max_new_tokens=6,
-                       eos_id=tok.eos_id, temperature=1.0, seed=3, batch_size=4)
-    assert sampled == generate(model.cfg, model.graphdef, model.params, prompts,
-                               max_new_tokens=6, eos_id=tok.eos_id, temperature=1.0, seed=3,
-                               batch_size=4)
-    with pytest.raises(ValueError, match="max_position"):
-        generate(model.cfg, model.graphdef, model.params, prompts, max_new_tokens=500,
-                 eos_id=tok.eos_id)
