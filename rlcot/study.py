@@ -111,7 +111,8 @@ def plan(config: Any) -> Plan:
         try:
             cfg = module.resolve(merged)
         except (KeyError, TypeError, ValueError) as e:
-            raise type(e)(f"stage {name!r} ({kind}): {e}") from e
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise type(e)(f"stage {name!r} ({kind}): {msg}") from e
         earlier = {s.name: s for s in out}
         for field, src in module.sources(cfg).items():
             _check_stage_source(name, field, src, earlier, order)
