@@ -1,4 +1,4 @@
-"""Algorithm ablation on the toy world where checking steps are needed (r1_zero's toy_checks):
+"""Algorithm ablation on the toy world where checking steps are needed (r1_zero's default `toy` study):
 GRPO, Dr.GRPO, DAPO, RLOO, REINFORCE++ (batch and group baseline), PPO with a GAE critic, GSPO
 and Kimi k1.5's surrogate, 3 seeds each; plus a KL-coefficient and a group-size (G) ablation.
 
@@ -81,9 +81,8 @@ EVAL = "toyworld:test"  # the eval label of summary keys ('toyworld:test/greedy/
 
 def _base() -> config_dict.ConfigDict:
     r1 = _r1_zero()
-    # r1_zero's world where checking steps are needed: its `toy` study (base + rl stages), or
-    # `toy_checks` in the single-stage layout that came before.
-    c = (r1.toy_checks if hasattr(r1, "toy_checks") else r1.toy)()
+    # r1_zero's default study: the world where checking steps are needed (base + rl stages).
+    c = r1.toy()
     c.name = "ablate_algorithms"
     defaults = run_config.default_config().learner.objective
     c.learner.objective.policy = defaults.policy
@@ -116,13 +115,10 @@ def _arm(c: config_dict.ConfigDict, arm: str) -> config_dict.ConfigDict:
 
 def _tiny(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
     """A few small steps on a small, quickly pre-trained base model (a smoke test)."""
-    if "stages" in c:  # the base model is the study's `base` stage
-        c.world.corpus_size = 2000
-        base = c.stages.base.train
-    else:
-        c.world.world.corpus_size = 2000
-        base = c.world.pretrain
+    c.world.corpus_size = 2000
+    base = c.stages.base.train  # the base model is the study's `base` stage
     base.steps, base.batch_size, base.short_rows = 30, 16, 8
+    c.stages.base.optimizer.warmup_steps = 5
     c.data.batch_prompts = 4
     c.rollout.num_samples = 4
     c.rollout.max_new_tokens = 96

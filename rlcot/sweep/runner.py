@@ -75,11 +75,8 @@ def _parse_flags(argv: list[str]) -> Any:
 
 def resolve_study(config: Any) -> Any:
     """What the run command checks before any compute: every stage of the study resolved
-    (rlcot.study.plan), or the one RL config where studies have no stages yet."""
-    try:
-        from rlcot.study import plan
-    except ImportError:
-        from rlcot.run_config import resolve as plan
+    (rlcot.study.plan)."""
+    from rlcot.study import plan
     return plan(config)
 
 

@@ -1,0 +1,59 @@
+"""The tiny ablation, run for real: arms that take the unusual paths (DAPO: dynamic sampling
+and overlong shaping; PPO: a GAE critic) in the default suite, every arm with `-m slow`."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlcot.workdir import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _experiment():
+    spec = importlib.util.spec_from_file_location(
+        "ablate_algorithms", ROOT / "experiments" / "ablate_algorithms.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_cache(tmp_path_factory):
+    old = os.environ.get("RLCOT_TOYWORLD_CACHE")
+    os.environ["RLCOT_TOYWORLD_CACHE"] = str(tmp_path_factory.mktemp("toycache"))
+    yield
+    if old is None:
+        os.environ.pop("RLCOT_TOYWORLD_CACHE")
+    else:
+        os.environ["RLCOT_TOYWORLD_CACHE"] = old
+
+
+def _run_arm(arm, workdir):
+    from rlcot.study import run
+    summary = run(_experiment().get_config(f"arm={arm},tiny"), workdir)
+    rows = read_metrics(workdir / "rl")
+    train = [r for r in rows if "loss" in r or "skipped_no_signal" in r]
+    assert summary["finished"] and [r["step"] for r in rows][-1] == 2
+    assert all(np.isfinite(r.get("loss", 0.0)) for r in train)
+    assert "toyworld:test/greedy/pass@1" in summary["eval_after"]
+    return rows
+
+
+@pytest.mark.parametrize("arm", ["dapo", "ppo_gae"])
+def test_tiny_arm_runs(arm, tmp_path):
+    rows = _run_arm(arm, tmp_path)
+    if arm == "dapo":
+        assert all("rollout/rounds" in r for r in rows[1:])
+    else:
+        assert any(k.startswith("value") or k.startswith("critic") for k in rows[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arm", ["grpo", "dr_grpo", "rloo", "reinforce_pp",
+                                 "reinforce_pp_group", "gspo", "kimi"])
+def test_every_tiny_arm_runs(arm, tmp_path):
+    _run_arm(arm, tmp_path)
