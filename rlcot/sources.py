@@ -118,9 +118,6 @@ def study_stage_dir(path: Path, stage: str | None = None) -> Path:
         return path
     summary = path / SUMMARY_FILE
     order = json.loads(summary.read_text()).get("stage_order") if summary.is_file() else None
-    if order is None and (path / "config.json").is_file():
-        from rlcot.study import stage_order
-        order = stage_order(json.loads((path / "config.json").read_text()))
     if not order:
         raise FileNotFoundError(f"{path} is neither a stage directory nor a study directory")
     name = stage or order[-1]

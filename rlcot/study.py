@@ -189,6 +189,7 @@ def run(config: Any, workdir: str | Path, only: str | None = None) -> dict[str, 
     world = next((getattr(s.cfg, "world", None) for s in p.stages), None)
     resolver = sources.Resolver(study_dir=workdir.absolute(), world=world)
     check_tokenizers(p, resolver)
+    write_summary(workdir, p.order, 0.0)  # the stage order, readable while the study runs
     t0 = time.perf_counter()
     ran: list[str] = []
     for i, st in enumerate(p.stages):

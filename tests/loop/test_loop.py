@@ -56,9 +56,7 @@ def _comparable(rows):
              and not k.endswith("time_s") and not k.endswith("_s")} for r in rows]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def toy_cache(tmp_path_factory):
-    os.environ["RLCOT_TOYWORLD_CACHE"] = str(tmp_path_factory.mktemp("toycache"))
+pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
 
 
 @pytest.fixture(scope="module")

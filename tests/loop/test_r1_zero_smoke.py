@@ -31,9 +31,10 @@ def test_smollm2_smoke_runs_rl_steps_on_gsm8k(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 2
+    assert summary["finished"] and summary["stage_order"] == ["rl"] and summary["steps"] == 2
     assert 0.0 <= summary["eval_after"]["gsm8k:test/greedy/pass@1"] <= 1.0
-    rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r or "skipped_no_signal" in r]
+    rows = [r for r in read_metrics(tmp_path / "run" / "rl")
+            if "loss" in r or "skipped_no_signal" in r]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r.get("loss", 0.0)) for r in rows)
-    assert (tmp_path / "run" / "results.md").read_text().count("gsm8k:test/") >= 3
+    assert (tmp_path / "run" / "rl" / "results.md").read_text().count("gsm8k:test/") >= 3

@@ -1,7 +1,6 @@
 """Studies of stages: bad pipelines fail before compute; generate -> sft chains; export."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -12,15 +11,7 @@ from rlcot.stages.generate import rows_for_prompt
 from tests.loop.test_loop import tiny_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def toy_cache(tmp_path_factory):
-    old = os.environ.get("RLCOT_TOYWORLD_CACHE")
-    os.environ["RLCOT_TOYWORLD_CACHE"] = str(tmp_path_factory.mktemp("toycache"))
-    yield
-    if old is None:
-        os.environ.pop("RLCOT_TOYWORLD_CACHE")
-    else:
-        os.environ["RLCOT_TOYWORLD_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
 
 
 def _with(c, **stage_specs):

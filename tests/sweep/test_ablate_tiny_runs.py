@@ -2,7 +2,6 @@
 and overlong shaping; PPO: a GAE critic) in the default suite, every arm with `-m slow`."""
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,7 @@ def _experiment():
     return mod
 
 
-@pytest.fixture(scope="module", autouse=True)
-def toy_cache(tmp_path_factory):
-    old = os.environ.get("RLCOT_TOYWORLD_CACHE")
-    os.environ["RLCOT_TOYWORLD_CACHE"] = str(tmp_path_factory.mktemp("toycache"))
-    yield
-    if old is None:
-        os.environ.pop("RLCOT_TOYWORLD_CACHE")
-    else:
-        os.environ["RLCOT_TOYWORLD_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
 
 
 def _run_arm(arm, workdir):
