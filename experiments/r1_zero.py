@@ -1,67 +1,50 @@
 """R1-Zero: RL with GRPO straight from a base model, the R1-Zero template and rule rewards
 (answer accuracy + format), then the held-out table and plots.
 
-Default (the toy world on CPU: a 0.44M-parameter base model pre-trained on column-addition
-worked solutions, many with dropped carries, some with checking steps or in a second
-"language"; cached after the first run):
+Default (the toy world on CPU; two stages: `base` pre-trains a 0.44M-parameter model on
+column-addition worked solutions whose main pass always drops carries, 20% of them with
+checking steps (the only right ones on carry problems) and 15% partly in a second "language";
+cached after the first run and shared by every study with the same settings; `rl` runs GRPO
+from it):
 
     python -m rlcot.main run --config experiments/r1_zero.py --workdir runs/r1_zero
 
 Variants (`--config experiments/r1_zero.py:VARIANT`):
 
     toy            the default above
-    toy_checks     the same, but the base model's main pass always drops carries (flaw_rate 1)
+    toy_shortcut   the world where each carry is dropped with probability 0.6 (RL can then
+                   fix accuracy without taking up checking steps)
     smollm2_smoke  a few RL steps of SmolLM2-135M-Instruct (the offline GGUF) on GSM8K, CPU
     qwen_math_1.5b Qwen2.5-Math-1.5B on MATH train; eval GSM8K test and MATH-500 (accelerator)
     qwen_0.5b      Qwen2.5-0.5B-Instruct on GSM8K train; same evals (accelerator)
 
-Any field can be overridden: `--config.seed=1 --config.train.steps=40`. The run writes
-config.json, metrics.jsonl, tensorboard/, eval/stepNNNNNN.md, summary.json, curves.png and
-checkpoints under --workdir, and resumes from it when started again with the same command.
+Any field can be overridden: `--config.seed=1 --config.train.steps=40
+--config.stages.base.train.steps=300`. The run writes runs/r1_zero/{base,rl}/ (config.json,
+metrics.jsonl, tensorboard/, eval/stepNNNNNN.md, results.md, summary.json, curves.png,
+model.json, checkpoints) and runs/r1_zero/summary.json, and resumes from them when started
+again with the same command.
 
-Measured (2 CPU cores, float32, 2026-11-24; base-model pre-training 286 s once, then cached;
-RL 40 steps + 5 evaluations: 201 s / 214 s / 211 s of loop wall time, 3 min 49 s to 4 min 12 s
-per command; update 41%, evaluation 29%, rollout 19%, log-probs 10% of the loop's time).
-The three seeds share the base model (the world and pre-training seeds are config.world's);
-config.seed drives RL sampling, data order and the sampled evaluation:
+Measured 2026-11-30 on 2 cores of an AMD EPYC (float32; per machine type): seed 0 from an
+empty cache 5 min 49 s for the command (base stage 225 s, rl stage 106 s: update 38%,
+evaluation 31%, rollout 21%, log-probs 9%); seeds 1 and 2 with the cached base model 1 min
+52 s and 2 min 51 s (seed 2 on a busier machine). Held-out, 256 problems:
 
 | held-out (256 problems) | base model | seed 0 | seed 1 | seed 2 |
 |---|---:|---:|---:|---:|
-| greedy pass@1 (%) | 31.2 | 99.6 | 99.2 | 99.6 |
-| sampled pass@1 = avg@8 (%) | 43.5 / 41.4 / 43.1 | 88.5 | 86.3 | 86.3 |
-| pass@8 (%) | 93.4 / 91.8 / 91.4 | 100.0 | 100.0 | 100.0 |
-| mean response tokens (greedy) | 53.1 | 55.3 | 55.3 | 55.3 |
-| mean response tokens (sampled) | 57.9 / 57.0 / 56.4 | 55.9 | 56.2 | 55.4 |
-| checking-step rate, greedy (%) | 0.0 | 0.0 | 0.0 | 0.0 |
+| greedy pass@1 (%) | 31.2 | 99.2 | 98.8 | 98.8 |
+| sampled pass@1 = avg@8 (%) | 38.1 / 37.6 / 37.2 | 85.0 | 87.9 | 88.3 |
+| pass@8 (%) | 84.0 / 85.5 / 84.8 | 99.6 | 99.6 | 99.6 |
+| mean response tokens (greedy) | 53.1 | 98.8 | 98.8 | 98.8 |
+| mean response tokens (sampled) | 57.4 / 56.5 / 55.8 | 98.1 | 97.7 | 97.8 |
+| checking-step rate, greedy (%) | 0.0 | 100.0 | 100.0 | 100.0 |
 | second-language word share, greedy (%) | 0.0 | 0.0 | 0.0 | 0.0 |
 | format compliance, greedy (%) | 100.0 | 100.0 | 100.0 | 100.0 |
-| format compliance, sampled (%) | 88.4 / 86.6 / 86.6 | 99.3 | 99.2 | 98.6 |
+| format compliance, sampled (%) | 88.8 / 87.2 / 87.3 | 97.6 | 98.2 | 97.7 |
 
-Greedy accuracy rises by 68.0, 68.0 and 68.4 points. Re-running seed 0 gave the same
-metrics.jsonl, every non-timing value equal, and the same results.md. What RL found here is
-the cheapest fix: stop dropping carries in the main pass. It did not take up the checking
-steps (their greedy rate stays 0) and responses did not grow; the `toy_checks` variant
-removes that shortcut.
-
-`toy_checks` (the base model's main pass always forgets carries, so on problems with a carry
-only solutions with checking steps are right; seed 0, measured the same day: 10 min 7 s for
-the command including the new base model's 293 s of pre-training, 276 s of RL loop):
-
-| held-out (256 problems) | base model | after 40 RL steps |
-|---|---:|---:|
-| greedy pass@1 (%) | 31.2 | 99.2 |
-| sampled pass@1 = avg@8 (%) | 37.9 | 87.2 |
-| pass@8 (%) | 83.2 | 100.0 |
-| mean response tokens (greedy) | 53.1 | 98.8 |
-| mean response tokens (sampled) | 57.6 | 98.0 |
-| checking-step rate, greedy (%) | 0.0 | 100.0 |
-| format compliance, greedy / sampled (%) | 100.0 / 88.5 | 100.0 / 97.8 |
-
-Here the R1-Zero phenomena show: the checking behaviour, present in 20% of the corpus and
-never chosen by greedy decoding before RL, becomes the policy's default, and responses grow
-from ~55 to ~99 tokens during training (plots: docs/r1_zero_toy_seed0.png,
-docs/r1_zero_toy_checks.png). The second-language share stays at 0 in both variants (no
-reward touches it).
+Accuracy rises by 67.6-68.0 points, the checking behaviour (never chosen by greedy decoding
+before RL) becomes the policy's default, and responses grow from ~53 to ~99 tokens: the three
+R1-Zero phenomena. Re-running seed 0 gave the
+same metrics.jsonl (every non-timing value) and the same results.md.
 """
 
 from __future__ import annotations
