@@ -98,3 +98,58 @@ def test_language_consistency_options():
     assert language_consistency(_batch(["<think>1 2</think>"]), empty_value=1.0).values[0] == 1.0
     with pytest.raises(ValueError, match="detector"):
         language_consistency(batch, detector="fasttext")
+
+
+# Mixed-script chains of thought, counted by hand. Words: letter runs of one script (a script
+# change splits, combining marks stay), one word per CJK character (kana and Hangul too);
+# digits of any script, numerals (½ ² Ⅻ), operators and math letters (𝑥 ℝ µ) are not words.
+MIXED = [
+    # (completion, Latin words, all words)
+    # First, then | проверка | 所 以 答 案 是; 3 + 4 = 7, 7 − 4 = 3 and ':' are no words
+    ("<think>First, 3 + 4 = 7, then проверка: 7 − 4 = 3. 所以答案是7</think><answer>7</answer>",
+     2, 8),
+    # x y r so r x y: superscripts, √, ≈ and ½ are no words
+    ("<think>x² + y² = r², so r = √(x²+y²) ≈ 5 ½</think>", 7, 7),
+    # Let, with: 𝑥 (mathematical italic), ℝ, ∈, ≥, →, ∞ belong to no language
+    ("<think>Let 𝑥 ∈ ℝ with 𝑥 ≥ 0; 𝑥 → ∞</think>", 2, 2),
+    # a script change inside a run starts a new word: carry | перенос
+    ("<think>carryперенос 1</think>", 1, 2),
+    # combining accents (NFD) stay with their word: été, café
+    ("<think>e\u0301te\u0301 cafe\u0301</think>", 2, 2),
+    # Шаг, перенос | Step, ok
+    ("<think>Шаг 1: 5+7=12, перенос 1. Step 2 ok</think>", 2, 4),
+    # π is a Greek word; r, ist, die, Fläche are Latin
+    ("<think>π r² ist die Fläche</think>", 4, 5),
+    # full-width Latin is Latin: ＯＫ | 答 案
+    ("<think>ＯＫ 答案</think>", 1, 3),
+    # 確 認 し ま す | check | 확 인
+    ("<think>確認します check 확인</think>", 1, 8),
+    # only digits (ASCII, Arabic-Indic, full-width), operators and numerals: no words
+    ("<think>12 × 3 ÷ 4 = 9 ∑ ∫ Ⅻ ½ ² ٣ ３</think><answer>9</answer>", 0, 0),
+]
+
+
+def test_words_and_scripts_by_hand():
+    from rlcot.rewards.language import script_of
+    assert words("carryперенос x² ½ Ⅻ 𝑥 ℝ µm") == ["carry", "перенос", "x", "m"]
+    assert words("हिन्दी e\u0301t\u00e9") == ["हिन्दी", "e\u0301t\u00e9"]
+    assert [script_of(w) for w in ("π", "ＡＢＣ", "ок", "字", "한", "𝑥", "ℝ", "7")] == \
+        ["greek", "latin", "cyrillic", "cjk", "cjk", None, None, None]
+
+
+def test_language_consistency_on_mixed_scripts():
+    out = language_consistency(_batch([c for c, *_ in MIXED]))
+    want = [lat / n if n else 0.0 for _, lat, n in MIXED]
+    np.testing.assert_allclose(out.values, want)
+    assert [d["n_words"] for d in out.details] == [n for *_, n in MIXED]
+    # Other targets on the first row: 1 Cyrillic and 5 CJK words of 8.
+    first = _batch([MIXED[0][0]])
+    assert language_consistency(first, target="cyrillic").values[0] == pytest.approx(1 / 8)
+    assert language_consistency(first, target="cjk").values[0] == pytest.approx(5 / 8)
+    # Metrics: the mean share of non-Latin words (a text without words counts 0) and the
+    # share of texts with any.
+    other = [(n - lat) / n if n else 0.0 for _, lat, n in MIXED]
+    assert out.metrics["mixed_share"] == pytest.approx(np.mean(other))
+    assert out.metrics["mixed_rate"] == pytest.approx(6 / 10)
+    # No words at all: empty_value, whatever the target.
+    assert language_consistency(_batch([MIXED[-1][0]]), empty_value=1.0).values[0] == 1.0
