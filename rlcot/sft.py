@@ -89,13 +89,18 @@ def make_optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
 def token_nll(graphdef: Any, params: Any, batch: dict[str, jax.Array],
               remat: bool = False) -> tuple[jax.Array, jax.Array]:
     """(nll_BxT, weight_BxT): the negative log-likelihood of each token t >= 1 given the
-    tokens before it (column 0 is zero), and the target mask as float32 weights."""
+    tokens before it (column 0 is zero), and the target mask as float32 weights. A packed
+    batch (collate_packed) carries positions_BxT and segment_ids_BxT: each sequence attends
+    only to itself, and the first token of a segment (a prompt token) is never a target."""
     tokens_BxT = jnp.asarray(batch["tokens_BxT"])
     valid_BxT = jnp.asarray(batch["valid_BxT"]).astype(bool)
     target_BxT = jnp.asarray(batch["target_mask_BxT"]).astype(bool)
     weight_BxT = (target_BxT & valid_BxT).astype(jnp.float32)
-    logits_BxTxV, _ = forward(graphdef, params, tokens_BxT, positions_from_mask(valid_BxT),
-                              valid_BxT, None, remat)
+    segments_BxT = batch.get("segment_ids_BxT")  # packed rows (collate_packed)
+    positions_BxT = (positions_from_mask(valid_BxT) if segments_BxT is None
+                     else jnp.asarray(batch["positions_BxT"]))
+    logits_BxTxV, _ = forward(graphdef, params, tokens_BxT, positions_BxT, valid_BxT, None,
+                              remat, None if segments_BxT is None else jnp.asarray(segments_BxT))
     logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
     target_logp_BxT = jnp.take_along_axis(logp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
     nll_BxT = jnp.pad(-target_logp_BxT, ((0, 0), (1, 0)))
@@ -214,3 +219,68 @@ def batches(lengths: np.ndarray, batch_size: int, steps: int, seed: int,
             epoch += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
         out += [epoch[i] for i in rng.permutation(len(epoch))]
     return out[:steps]
+
+
+def pack_plan(lengths: np.ndarray, rows: int, width: int, steps: int, seed: int
+              ) -> list[list[list[int]]]:
+    """For each of `steps` steps, `rows` rows of example indices whose lengths sum to at most
+    `width`: examples in a seeded permutation per epoch, placed in order (next fit), a step
+    ending when the next example fits in none of its rows' remaining space. A pure function
+    of its arguments (a resumed run packs the same steps)."""
+    lengths = np.asarray(lengths)
+    if rows < 1 or width < 1:
+        raise ValueError(f"need rows >= 1 and width >= 1, got {rows}, {width}")
+    if lengths.max() > width:
+        raise ValueError(f"an example has {lengths.max()} tokens, more than the packed row "
+                         f"width {width}")
+    rng = np.random.default_rng([seed, 8])
+    order: list[int] = []
+    plan: list[list[list[int]]] = []
+    cursor = 0
+    while len(plan) < steps:
+        step: list[list[int]] = [[]]
+        room = width
+        while True:
+            if cursor == len(order):
+                order += rng.permutation(len(lengths)).tolist()
+            j = order[cursor]
+            if lengths[j] > room:
+                if len(step) == rows:
+                    break
+                step.append([])
+                room = width
+            step[-1].append(j)
+            room -= int(lengths[j])
+            cursor += 1
+        plan.append(step)
+    return plan
+
+
+def collate_packed(rows: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]], *,
+                   width: int, pad_id: int, eos_id: int | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Rows of several (prompt_ids, completion_ids) examples each, packed into `width` tokens:
+    tokens_BxT, valid_BxT, target_mask_BxT as `collate`, plus positions_BxT (from 0 in every
+    segment) and segment_ids_BxT (1, 2, ... per example; 0 on padding)."""
+    B = len(rows)
+    out = {"tokens_BxT": np.full((B, width), pad_id, np.int32),
+           "valid_BxT": np.zeros((B, width), bool),
+           "target_mask_BxT": np.zeros((B, width), bool),
+           "positions_BxT": np.zeros((B, width), np.int32),
+           "segment_ids_BxT": np.zeros((B, width), np.int32)}
+    for b, row in enumerate(rows):
+        t = 0
+        for k, (prompt, completion) in enumerate(row):
+            completion = list(completion) + ([eos_id] if eos_id is not None else [])
+            seq = list(prompt) + completion
+            n = len(seq)
+            if t + n > width:
+                raise ValueError(f"row {b} holds {t + n} tokens, more than width={width}")
+            out["tokens_BxT"][b, t:t + n] = seq
+            out["valid_BxT"][b, t:t + n] = True
+            out["target_mask_BxT"][b, t + len(prompt):t + n] = True
+            out["positions_BxT"][b, t:t + n] = np.arange(n)
+            out["segment_ids_BxT"][b, t:t + n] = k + 1
+            out["target_mask_BxT"][b, t] = False  # never predicted from the segment before
+            t += n
+    return out

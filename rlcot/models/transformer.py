@@ -205,16 +205,21 @@ class LayerInputs(NamedTuple):
     sin_BxTxH: jax.Array
 
 
-def layer_inputs(cfg: ModelConfig, positions_BxT: jax.Array, k_pos_BxS: jax.Array
+def layer_inputs(cfg: ModelConfig, positions_BxT: jax.Array, k_pos_BxS: jax.Array,
+                 segment_ids_BxT: jax.Array | None = None
                  ) -> tuple[LayerInputs, LayerInputs | None]:
     """(global, local) layer inputs for queries at positions_BxT over keys at k_pos_BxS.
 
     A key is visible when its slot is filled (position >= 0) and not after the query; local
     (sliding-window) layers also need it within the window. local is None without such layers.
+    segment_ids_BxT (packed rows, no cache: keys are the queries): a key is visible only
+    within its query's segment, whose positions restart at 0.
     """
     q_pos_BxT = positions_BxT.astype(jnp.int32)
     visible_BxTxS = ((k_pos_BxS[:, None, :] >= 0)
                      & (k_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None]))
+    if segment_ids_BxT is not None:
+        visible_BxTxS &= segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
     cos, sin = rope_tables(q_pos_BxT, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     global_inputs = LayerInputs(visible_BxTxS, cos, sin)
     if not any(cfg.local_layers):
@@ -262,8 +267,10 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                  valid_BxT: jax.Array | None = None, cache: KVCache | None = None,
-                 remat: bool = False) -> tuple[jax.Array, KVCache | None]:
-        h_BxTxD, cache = self.hidden(tokens_BxT, positions_BxT, valid_BxT, cache, remat)
+                 remat: bool = False, segment_ids_BxT: jax.Array | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        h_BxTxD, cache = self.hidden(tokens_BxT, positions_BxT, valid_BxT, cache, remat,
+                                     segment_ids_BxT)
         return self.logits(h_BxTxD), cache
 
     def logits(self, h_BxTxD: jax.Array) -> jax.Array:
@@ -273,9 +280,14 @@ class Transformer(nnx.Module):
 
     def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                valid_BxT: jax.Array | None = None, cache: KVCache | None = None,
-               remat: bool = False) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states [B, T, D]; with a cache, writes the T tokens at cache.index."""
+               remat: bool = False, segment_ids_BxT: jax.Array | None = None
+               ) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states [B, T, D]; with a cache, writes the T tokens at cache.index.
+        segment_ids_BxT: packed sequences (attention stays within a segment; no cache)."""
         cfg = self.cfg
+        if segment_ids_BxT is not None and cache is not None:
+            raise ValueError("packed segments (segment_ids_BxT) are for full-sequence passes, "
+                             "not with a KV cache")
         if valid_BxT is None:
             valid_BxT = jnp.ones(tokens_BxT.shape, bool)
         positions_BxT = positions_BxT.astype(jnp.int32)
@@ -286,7 +298,7 @@ class Transformer(nnx.Module):
         else:
             k_pos_BxS = jax.lax.dynamic_update_slice_in_dim(cache.pos_BxS, new_pos_BxT,
                                                             cache.index, axis=1)
-        global_in, local_in = layer_inputs(cfg, positions_BxT, k_pos_BxS)
+        global_in, local_in = layer_inputs(cfg, positions_BxT, k_pos_BxS, segment_ids_BxT)
         local_L = jnp.asarray(cfg.local_layers)
 
         graphdef, block_state = nnx.split(self.blocks)
@@ -349,10 +361,12 @@ def init_params(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None 
 
 def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxT: jax.Array,
             positions_BxT: jax.Array, valid_BxT: jax.Array | None = None,
-            cache: KVCache | None = None, remat: bool = False
-            ) -> tuple[jax.Array, KVCache | None]:
-    """Float32 logits [B, T, V] (and the updated cache)."""
-    return merge(graphdef, params)(tokens_BxT, positions_BxT, valid_BxT, cache, remat)
+            cache: KVCache | None = None, remat: bool = False,
+            segment_ids_BxT: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Float32 logits [B, T, V] (and the updated cache). segment_ids_BxT: several sequences
+    packed in a row, each with positions from 0 (attention stays within a segment)."""
+    return merge(graphdef, params)(tokens_BxT, positions_BxT, valid_BxT, cache, remat,
+                                   segment_ids_BxT)
 
 
 def positions_from_mask(valid_BxT: jax.Array) -> jax.Array:
