@@ -10,6 +10,9 @@ import jax
 from rlcot.run_config import RunConfig, build
 
 TOY = "toyworld"
+# Dataset names of the toy world -> what their "solution" field holds (rlcot.toyworld.dataset):
+# 'toyworld_checked' is the R1 study's cold-start data.
+TOY_DATASETS = {TOY: "reference", "toyworld_checked": "checked"}
 
 
 def load_policy(rc: RunConfig, mesh: jax.sharding.Mesh, resolver: Any) -> Any:
@@ -24,10 +27,11 @@ def _source(rc: RunConfig, dataset: str, split: str, size: int | None = None) ->
 
 
 def data_source(world: Any, dataset: str, split: str, size: int | None = None) -> Any:
-    """Examples of a registry dataset, or of the toy world's split (`dataset` 'toyworld')."""
-    if dataset == TOY:
+    """Examples of a registry dataset, or of the toy world's split (`dataset` 'toyworld', or
+    'toyworld_checked': the same problems with single-language checked solutions)."""
+    if dataset in TOY_DATASETS:
         from rlcot.toyworld.dataset import ToyWorldSource
-        return ToyWorldSource(world, split, size)
+        return ToyWorldSource(world, split, size, solution=TOY_DATASETS[dataset])
     from rlcot.data.registry import load_source
     return load_source(dataset, split)
 
@@ -57,20 +61,25 @@ def eval_setup(ev: Any, world: Any) -> tuple[tuple[Any, ...], Any]:
 
 
 def eval_extras(result: Any) -> dict[str, float]:
-    """Toy-world behaviours of the greedy completions: self-checking steps and the share of
-    chain-of-thought words in the second language."""
+    """Toy-world behaviours of the completions of each pass (greedy, sampled): check_rate, the
+    share with a self-checking step; second_language, the mean share of chain-of-thought words
+    in the second language; mixed_rate, the share with any second-language word. The sampled
+    pass sees what greedy decoding hides (a behaviour below 50% at every step)."""
     if not any(b.label.startswith(TOY) for b in result.benchmarks.values()):
         return {}
     from rlcot.toyworld.checks import has_check_step, second_language_share
     out = {}
     for label, b in result.benchmarks.items():
-        greedy = [r for r in b.records if r.get("pass") == "greedy"]
-        if not label.startswith(TOY) or not greedy:
+        if not label.startswith(TOY):
             continue
-        texts = [r["completion"] for r in greedy]
-        out[f"eval/{label}/greedy/check_rate"] = sum(map(has_check_step, texts)) / len(texts)
-        out[f"eval/{label}/greedy/second_language"] = (
-            sum(second_language_share(t) for t in texts) / len(texts))
+        for kind in ("greedy", "sampled"):
+            texts = [r["completion"] for r in b.records if r.get("pass") == kind]
+            if not texts:
+                continue
+            shares = [second_language_share(t) for t in texts]
+            out[f"eval/{label}/{kind}/check_rate"] = sum(map(has_check_step, texts)) / len(texts)
+            out[f"eval/{label}/{kind}/second_language"] = sum(shares) / len(texts)
+            out[f"eval/{label}/{kind}/mixed_rate"] = sum(v > 0 for v in shares) / len(texts)
     return out
 
 

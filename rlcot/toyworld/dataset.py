@@ -14,11 +14,33 @@ from rlcot.toyworld.solutions import (SECOND_LANGUAGE, TARGET_LANGUAGE, Style, w
 from rlcot.toyworld.tasks import problems
 
 DEFAULT_SIZES = {"train": 10_000, "test": 500}
+# "solution" of each row: the clean reference (English, no check), or a checked solution in
+# the target language only (the R1 study's cold-start data).
+SOLUTIONS = ("reference", "checked")
+_CHECKED_STREAM = 13
+
+
+def checked_solutions(world: WorldConfig, split: str, n: int) -> list[str]:
+    """Completions of the split's first n problems written as the world writes its checked
+    solutions, but single-language: each main step drops its incoming carry with the world's
+    flaw_rate, each step is followed by its check (which keeps the carry), every word is in
+    the target language, in the R1-Zero format. Always right; a function of (world, split,
+    n), prefix-stable."""
+    rng = np.random.default_rng([world.seed, _CHECKED_STREAM])
+    out = []
+    for p in problems(world.task, split, n, world.seed):
+        d = p.num_digits
+        drop = tuple(bool(x) for x in rng.random(d) < world.rates.flaw_rate)
+        style = Style(drop_carry=drop, check=True, languages=(TARGET_LANGUAGE,) * (2 * d),
+                      check_mode=world.rates.check_mode)
+        out.append(write_solution(p, style).text)
+    return out
 
 
 class ToyWorldSource(Sequence):
     """The first `size` examples of a split, as dicts of strings:
-    {"id", "question", "answer", "solution", "task"}.
+    {"id", "question", "answer", "solution", "task"}; `solution` picks what "solution" holds
+    (SOLUTIONS).
 
         source = ToyWorldSource(world, "train")
         pipeline = PromptPipeline(source, tokenizer, PipelineConfig(batch_size=16,
@@ -28,11 +50,17 @@ class ToyWorldSource(Sequence):
     of the one of 500.
     """
 
-    def __init__(self, world: WorldConfig, split: str, size: int | None = None):
+    def __init__(self, world: WorldConfig, split: str, size: int | None = None,
+                 solution: str = "reference"):
+        if solution not in SOLUTIONS:
+            raise ValueError(f"solution must be one of {SOLUTIONS}, got {solution!r}")
         self.world, self.split = world, split
         self.size = DEFAULT_SIZES.get(split, 0) if size is None else size
         self._rows = [example(p, world.task, split, i)
                       for i, p in enumerate(problems(world.task, split, self.size, world.seed))]
+        if solution == "checked":
+            for row, text in zip(self._rows, checked_solutions(world, split, self.size)):
+                row["solution"] = text
 
     def __len__(self) -> int:
         return self.size

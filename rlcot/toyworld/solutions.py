@@ -177,7 +177,9 @@ class StyleRates:
     with a filler phrase before each step (longer, equally correct). reverse_check_rate:
     checks that write the operands in reverse order (a re-computation that cannot copy the
     main step's expression; harder for a tiny model to learn). check_mode: see the module
-    docstring.
+    docstring. check_mix_rate: when set, the mix rate of solutions with a check, mix_rate
+    then being that of the others (language mixing tied to checking, as in the R1 study's
+    world); None: mix_rate for all, independently of checking.
     """
 
     plain_rate: float = 0.1
@@ -188,14 +190,15 @@ class StyleRates:
     verbose_rate: float = 0.0
     reverse_check_rate: float = 0.0
     check_mode: str = "step"
+    check_mix_rate: float | None = None
 
     def __post_init__(self):
         if self.check_mode not in CHECK_MODES:
             raise ValueError(f"check_mode must be one of {CHECK_MODES}, got {self.check_mode!r}")
         for f in dataclasses.fields(self):
-            if f.name == "check_mode":
-                continue
             v = getattr(self, f.name)
+            if f.name == "check_mode" or (f.name == "check_mix_rate" and v is None):
+                continue
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"StyleRates.{f.name} must be in [0, 1], got {v}")
 
@@ -209,7 +212,9 @@ def draw_style(rng: np.random.Generator, problem: Problem, rates: StyleRates) ->
     mix_u = rng.random(2 * n) < rates.mix_share
     plain = bool(u[0] < rates.plain_rate)
     check = bool(u[1] < rates.check_rate)
-    mixed = bool(u[2] < rates.mix_rate)
+    mix_rate = rates.mix_rate if rates.check_mix_rate is None or not check else \
+        rates.check_mix_rate
+    mixed = bool(u[2] < mix_rate)
     verbose = bool(u[3] < rates.verbose_rate)
     reverse = bool(u[4] < rates.reverse_check_rate)
     n_steps = n * (2 if check else 1)

@@ -150,3 +150,50 @@ def test_preference_pairs(criterion):
             assert second_language_share(p["chosen"]) == 0 < second_language_share(p["rejected"])
     with pytest.raises(ValueError, match="criterion"):
         preference_pairs(WORLD, "train", 1, "longer")
+
+
+def test_mixing_tied_to_checking():
+    """check_mix_rate (the R1 study's world): checked solutions are mixed at that rate, the
+    others at mix_rate; the same documents otherwise, and None leaves the corpus as it was."""
+    rates = dataclasses.replace(RATES, mix_rate=0.05, check_mix_rate=0.9)
+    tied = build_corpus(dataclasses.replace(WORLD, rates=rates))
+    plain = build_corpus(dataclasses.replace(WORLD, rates=dataclasses.replace(RATES,
+                                                                              mix_rate=0.05)))
+    assert [d.labels["check"] for d in tied] == [d.labels["check"] for d in plain]
+    assert all(a.completion == b.completion for a, b in zip(tied, plain) if not a.labels["check"])
+    checked = [d for d in tied if d.labels["check"]]
+    others = [d for d in tied if d.labels["format"] and not d.labels["check"]]
+    # Visible mixing: at least one of 6 (checked) or 3 steps in the second language.
+    for group, rate, steps in ((checked, 0.9, 6), (others, 0.05, 3)):
+        want = rate * (1 - 0.5 ** steps)
+        got = np.mean([d.labels["mixed"] for d in group])
+        assert abs(got - want) < _tol(want, len(group)), (rate, got, want)
+    again = build_corpus(dataclasses.replace(WORLD, rates=dataclasses.replace(
+        RATES, check_mix_rate=None)), 200)
+    assert [d.completion for d in again] == [d.completion for d in build_corpus(WORLD, 200)]
+    with pytest.raises(ValueError, match="check_mix_rate"):
+        StyleRates(check_mix_rate=1.5)
+
+
+def test_checked_source_is_the_cold_start_data():
+    """'toyworld_checked': the same problems as 'toyworld', each solution checked step by
+    step, right, in the format, and in the target language only."""
+    from rlcot.world_setup import data_source
+    world = dataclasses.replace(WORLD, rates=dataclasses.replace(RATES, flaw_rate=1.0))
+    ref = data_source(world, "toyworld", "train", 50)
+    src = data_source(world, "toyworld_checked", "train", 50)
+    assert [r["question"] for r in src] == [r["question"] for r in ref]
+    for r in src:
+        sol = r["solution"]
+        assert is_correct(sol, r["answer"]) and strict_format(sol) and has_check_step(sol)
+        assert second_language_share(sol) == 0.0 and sol.count("check") == 3
+    # The main pass drops carries as the world's does (flaw_rate 1): its last step and its
+    # check disagree wherever a carry came in.
+    assert src[0]["solution"] == (
+        " <think> first 5+3=8 so 8. check first 5+3=8 so 8. second 6+7=13 carry 1 so 38. check"
+        " second 6+7=13 carry 1 so 38. third 8+6=14 so 1438. check third 8+6+1=15 so 1538."
+        " </think> <answer> 1538 </answer>")
+    assert [r["solution"] for r in data_source(world, "toyworld_checked", "train", 10)] == \
+        [r["solution"] for r in src[:10]]
+    with pytest.raises(ValueError, match="solution"):
+        ToyWorldSource(world, "train", 5, solution="mixed")
