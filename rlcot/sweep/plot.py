@@ -38,13 +38,16 @@ def seed_band(runs: list[list[dict]], key: str) -> list[tuple[int, float, float,
     return [(s, *mean_sem(vs), len(vs)) for s, vs in sorted(by_step.items())]
 
 
-def plot_curves(sweep: Sweep, root: str | Path, panels: Sequence[tuple[str, str]] = PANELS,
+def plot_curves(sweep: Sweep, root: str | Path, panels: Sequence[tuple[str, str]] | None = None,
                 filename: str = "curves.png") -> Path | None:
+    """One panel per (title, key pattern) that some run logged (default: PANELS, then the
+    table's own panels), five to a row."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     root = Path(root)
+    panels = (*PANELS, *sweep.table.panels) if panels is None else panels
     curves = {}
     for arm in sweep.arms:
         runs = []
@@ -58,9 +61,13 @@ def plot_curves(sweep: Sweep, root: str | Path, panels: Sequence[tuple[str, str]
     shown = [(t, k) for t, p in panels if (k := _key(p, all_runs))]
     if not shown:
         return None
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 3.6), squeeze=False)
+    cols = min(5, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
     colors = plt.get_cmap("tab10")
-    for ax, (title, key) in zip(axes[0], shown):
+    for ax, (title, key) in zip(axes.flat, shown):
         for i, (name, runs) in enumerate(curves.items()):
             band = seed_band(runs, key)
             if not band:

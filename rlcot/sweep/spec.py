@@ -122,16 +122,19 @@ class Table:
     curve key, 'max:KEY' / 'min:KEY' (e.g. 'max:eval/toyworld:test/greedy/pass@1'): eval and
     train metrics are then read at that step of each run. main: the metric of the bar chart
     (default the first). baseline: an arm name; each row gets Welch's t-test against it.
-    stage: the stage whose curves are read (default the study's final stage)."""
+    stage: the stage whose curves are read (default the study's final stage). panels: more
+    (title, per-step key pattern) curves for the plot command, after its default ones."""
     metrics: tuple[Metric, ...]
     select: str = "final"
     main: str | None = None
     baseline: str | None = None
     stage: str | None = None
     row_keys: tuple[str, ...] = ()
+    panels: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "panels", tuple((str(t), str(k)) for t, k in self.panels))
         if not self.metrics:
             raise ValueError("a table needs at least one metric")
         names = [m.name for m in self.metrics]
