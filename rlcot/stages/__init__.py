@@ -20,6 +20,8 @@ KINDS = {
     "rl": "rlcot.stages.rl",
     "generate": "rlcot.stages.generate",
     "eval": "rlcot.stages.evaluate",
+    "dpo": "rlcot.stages.dpo",
+    "merge": "rlcot.stages.merge",
 }
 
 

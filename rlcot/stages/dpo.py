@@ -1,0 +1,340 @@
+"""The `dpo` stage kind: direct preference optimisation of a policy on (prompt, chosen, rejected)
+pairs (rlcot.dpo's losses and jitted step), exactly resumable.
+
+Data (`data.dataset`):
+  'stage:NAME'   the pairs written by an earlier `generate` stage with select='pairs'
+  'jsonl:PATH'   rows with "prompt", "chosen" and "rejected" texts
+
+The policy is `model.source` (default: the previous model stage); the reference is
+`model.reference` (default: the policy's starting point, i.e. `model.source` before any DPO
+step). The reference's sequence log-probs of every pair are computed once, before the first
+step, and stored in DIR/reference_logps.npz, so a resumed stage reads the same numbers. Pairs
+with an empty or identical chosen/rejected completion, or longer than `data.max_tokens`, are
+skipped and counted (summary `skipped`, and a warning). Batches are a pure function of
+(seed, step) (rlcot.sft.batches) and the checkpoint holds the parameters, the optimizer state
+and the metrics of the unfinished log window, so a resumed stage ends bit for bit where an
+uninterrupted one does, metrics.jsonl included. `train.steps`, or `train.epochs` passes over
+the pairs (each epoch drops its last partial batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from rlcot import dpo, run_config, sft
+from rlcot.sharding import MeshConfig
+from rlcot.toyworld.corpus import WorldConfig
+
+log = logging.getLogger(__name__)
+
+MAKES_MODEL = True
+REFERENCE_FILE = "reference_logps.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOData:
+    """dataset: 'stage:NAME' or 'jsonl:PATH'; limit: the first rows only; max_tokens: pairs
+    whose prompt + completion + eos is longer are skipped (default: the model's context)."""
+    dataset: str = ""
+    limit: int | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"data.limit must be >= 1 or None, got {self.limit}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOTrain:
+    """steps: optimizer steps of batch_size pairs; None: `epochs` passes over the pairs. Both
+    halves of a batch are padded to one width (a multiple of length_multiple); sort_group > 1
+    sorts groups of that many batches by length."""
+    steps: int | None = None
+    epochs: int = 1
+    batch_size: int = 16
+    length_multiple: int = 16
+    sort_group: int = 1
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    def __post_init__(self):
+        for f in ("epochs", "batch_size", "length_multiple", "sort_group", "checkpoint_every",
+                  "keep_checkpoints", "log_every"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"train.{f} must be >= 1, got {getattr(self, f)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"train.steps must be >= 1 or None, got {self.steps}")
+        if self.steps is not None and self.epochs != 1:
+            raise ValueError(f"set one of train.steps ({self.steps}) and train.epochs "
+                             f"({self.epochs}), not both")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOStageConfig:
+    model: run_config.ModelSection
+    seed: int = 0
+    mesh: MeshConfig = MeshConfig()
+    world: WorldConfig = WorldConfig()
+    data: DPOData = DPOData()
+    loss: dpo.DPOLoss = dpo.DPOLoss()
+    # TRL's DPOConfig default learning rate.
+    optimizer: sft.SFTConfig = sft.SFTConfig(learning_rate=1e-6)
+    train: DPOTrain = DPOTrain()
+    eval: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        total, steps = self.optimizer.total_steps, self.train.steps
+        if total is not None and steps is not None and total < steps:
+            raise ValueError(f"optimizer.total_steps ({total}) is shorter than train.steps "
+                             f"({steps})")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DPOState:
+    params: Any
+    opt_state: Any
+
+
+# ---- the kind's interface ---------------------------------------------------------------------
+
+def inherited(top: dict[str, Any]) -> dict[str, Any]:
+    return {k: top[k] for k in ("seed", "mesh", "world") if k in top}
+
+
+def resolve(values: dict[str, Any]) -> DPOStageConfig:
+    cfg = run_config.build(DPOStageConfig, values, "stage")
+    cfg.model.check()
+    if not cfg.data.dataset.startswith(("stage:", "jsonl:")) or cfg.data.dataset in (
+            "stage:", "jsonl:"):
+        raise ValueError(f"data.dataset must be 'stage:NAME' (a generate stage with "
+                         f"select='pairs') or 'jsonl:PATH', got {cfg.data.dataset!r}")
+    return cfg
+
+
+def sources(cfg: DPOStageConfig) -> dict[str, str | None]:
+    return {"model.source": cfg.model.source, "model.reference": cfg.model.reference,
+            "data.dataset": cfg.data.dataset}
+
+
+def defaults(**fields: Any) -> Any:
+    """Every field at its default, except model.source: left out, the study fills in the
+    previous model stage."""
+    from ml_collections import config_dict
+
+    from rlcot.study import deep_merge
+    base = run_config._as_config(DPOStageConfig(model=run_config.ModelSection("stage:x")))
+    for k in ("seed", "mesh", "world"):  # inherited from the study unless the stage sets them
+        del base[k]
+    del base.model["source"]
+    values = deep_merge(base.to_dict(), run_config._plain(fields))
+    return config_dict.ConfigDict({"kind": "dpo", **values})
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def load_pairs(data: DPOData, study_dir: Path | None
+               ) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
+    """(prompt, chosen, rejected) texts of the dataset, and counts of skipped rows (an empty
+    or identical chosen/rejected completion). A row without the three fields is an error."""
+    name = data.dataset
+    if name.startswith("jsonl:"):
+        path = Path(name[len("jsonl:"):]).expanduser()
+    else:
+        path = Path(study_dir) / name[len("stage:"):] / "data.jsonl"
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}:{i + 1}: a preference row needs text fields 'prompt', "
+                             f"'chosen' and 'rejected'; {missing} missing (has {sorted(row)})")
+        rows.append((row["prompt"], row["chosen"], row["rejected"]))
+    rows = rows[:data.limit]
+    skipped = {"empty": 0, "identical": 0}
+    kept = []
+    for p, c, r in rows:
+        if not c.strip() or not r.strip():
+            skipped["empty"] += 1
+        elif c.strip() == r.strip():
+            skipped["identical"] += 1
+        else:
+            kept.append((p, c, r))
+    return kept, skipped
+
+
+def _load_or_compute_reference(path: Path, key: str, compute: Any
+                               ) -> tuple[np.ndarray, np.ndarray, bool]:
+    from rlcot.toyworld.cache import write_atomic
+    if path.is_file():
+        with np.load(path) as z:
+            if str(z["key"]) != key:
+                raise ValueError(f"{path} holds reference log-probs of other pairs or another "
+                                 f"reference than this stage's; delete it (and checkpoints/) "
+                                 f"to start the stage again")
+            return z["chosen"], z["rejected"], True
+    chosen, rejected = compute()
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), chosen=chosen, rejected=rejected)
+    write_atomic(path, buf.getvalue())
+    return chosen, rejected, False
+
+
+# ---- the stage --------------------------------------------------------------------------------
+
+def _window_row(window: list[dict[str, float]]) -> dict[str, float]:
+    keys = window[0].keys()
+    return {k: float(np.sum([w[k] for w in window])) if k == "pairs"
+            else float(np.mean([w[k] for w in window])) for k in keys}
+
+
+def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
+    from rlcot import sources, world_setup
+    from rlcot.checkpoint import Checkpointer
+    from rlcot.rl.logprobs import batch_sharding, row_shards
+    from rlcot.rl.state import train_state_shardings
+    from rlcot.toyworld.cache import content_key
+    from rlcot.workdir import MetricsWriter, Progress, read_metrics, write_json
+
+    workdir = Path(ctx.dir)
+    write_json(workdir / "config.json", dataclasses.asdict(cfg))
+    mesh = cfg.mesh.make()
+    t_start = time.perf_counter()
+    policy = ctx.resolver.load(cfg.model.source, mesh=mesh, tokenizer=cfg.model.tokenizer,
+                               seed=cfg.seed, overrides=cfg.model.overrides())
+    tok = policy.tokenizer
+    if tok is None:
+        raise ValueError(f"model {cfg.model.source!r} has no tokenizer: set model.tokenizer")
+    sources.write_model_card(workdir, policy.cfg, tok,
+                             ctx.resolver.tokenizer_ref(cfg.model.source, cfg.model.tokenizer),
+                             cfg.model.source)
+
+    # ---- Pairs and their reference log-probs ------------------------------------------------
+    texts, skipped = load_pairs(cfg.data, ctx.study_dir)
+    rows_read = len(texts) + sum(skipped.values())
+    toks, more = dpo.tokenize_pairs(texts, tok, cfg.data.max_tokens, policy.cfg.max_position)
+    skipped = {"empty": skipped["empty"], "identical": skipped["identical"] + more["identical"],
+               "too_long": more["too_long"]}
+    if any(skipped.values()):
+        log.warning("dpo data %s: skipped %s of %d pairs", cfg.data.dataset, skipped, rows_read)
+    n_pairs = len(toks.lengths)
+    if n_pairs < cfg.train.batch_size:
+        raise ValueError(f"dpo data {cfg.data.dataset!r}: {n_pairs} usable pairs (skipped "
+                         f"{skipped}) are fewer than train.batch_size={cfg.train.batch_size}")
+    steps = cfg.train.steps or cfg.train.epochs * (n_pairs // cfg.train.batch_size)
+    shards = row_shards(mesh)
+    rows = batch_sharding(mesh)
+    m = cfg.train.length_multiple
+
+    def put(b):
+        return jax.device_put(b, rows) if len(b["ref_chosen_logp_B"]) % shards == 0 else b
+
+    ref_source = cfg.model.reference or cfg.model.source
+
+    def compute_reference():
+        graphdef, params = policy.graphdef, policy.params
+        if cfg.model.reference is not None and cfg.model.reference != cfg.model.source:
+            ref = ctx.resolver.load(cfg.model.reference, mesh=mesh, seed=cfg.seed, overrides={
+                k: v for k, v in cfg.model.overrides().items() if k in ("dtype", "param_dtype")})
+            shapes = lambda t: jax.tree.map(lambda x: (x.shape, str(x.dtype)), t)  # noqa: E731
+            if shapes(ref.params) != shapes(policy.params):
+                raise ValueError(f"model.reference {cfg.model.reference!r} does not have the "
+                                 f"policy's parameter shapes and dtypes")
+            graphdef, params = ref.graphdef, ref.params
+        log.info("reference log-probs of %d pairs (%s)", n_pairs, ref_source)
+        return dpo.reference_logps(graphdef, params, toks, batch_size=cfg.train.batch_size,
+                                   pad_id=tok.pad_id, eos_id=tok.eos_id, length_multiple=m,
+                                   put=put)
+
+    t_ref = time.perf_counter()
+    ref_key = content_key(ref_source, toks.digest(), cfg.train.batch_size, m)
+    ref_c, ref_r, ref_stored = _load_or_compute_reference(workdir / REFERENCE_FILE, ref_key,
+                                                          compute_reference)
+    reference_s = time.perf_counter() - t_ref
+
+    # ---- Optimizer, resume -----------------------------------------------------------------
+    opt_cfg = cfg.optimizer
+    if opt_cfg.total_steps is None:
+        opt_cfg = dataclasses.replace(opt_cfg, total_steps=steps)
+    elif opt_cfg.total_steps < steps:
+        raise ValueError(f"optimizer.total_steps ({opt_cfg.total_steps}) is shorter than the "
+                         f"stage's {steps} steps")
+    optimizer = sft.make_optimizer(opt_cfg)
+    step_fn = dpo.make_train_step(optimizer, cfg.loss, opt_cfg.micro_batches, opt_cfg.remat)
+    # Scalars (Adam's count) replicated on the mesh like the rest, so a restored state is
+    # placed where the step expects it.
+    state = DPOState(policy.params, optimizer.init(policy.params))
+    state = jax.device_put(state, train_state_shardings(state, mesh))
+    ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)
+    start, window = 0, []
+    restored = ckpt.restore(state)
+    if restored is not None:
+        start, state, meta = restored
+        window = list(meta.get("window", []))
+        log.info("resumed from step %d", start)
+    order = sft.batches(toks.lengths, cfg.train.batch_size, steps, cfg.seed,
+                        cfg.train.sort_group)
+    schedule = sft.learning_rate_schedule(opt_cfg)
+
+    # ---- The loop ---------------------------------------------------------------------------
+    writer = MetricsWriter(workdir, resume_step=start if restored else None)
+    progress = Progress(steps, initial=start, keys=("loss", "rewards/accuracies"),
+                        desc=ctx.name)
+    t_train, last = time.perf_counter(), {}
+    params, opt_state = state.params, state.opt_state
+    for i in range(start, steps):
+        batch = put(dpo.collate_pairs(toks, order[i], pad_id=tok.pad_id, eos_id=tok.eos_id,
+                                      length_multiple=m, ref=(ref_c, ref_r)))
+        params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch)
+        window.append(metrics)
+        done = i + 1
+        logged = done % cfg.train.log_every == 0 or done == steps
+        saved = done % cfg.train.checkpoint_every == 0 or done == steps
+        if logged or saved:  # host floats: the unlogged window goes into the checkpoint
+            window = [{k: float(v) for k, v in jax.device_get(w).items()} for w in window]
+        if logged:
+            last = {**_window_row(window), "lr": float(schedule(i)),
+                    "time/train_s": time.perf_counter() - t_train}
+            window = []
+            writer.write(done, last)
+            log.info("%s: step %d/%d loss %.4f accuracy %.3f", ctx.name, done, steps,
+                     last["loss"], last["rewards/accuracies"])
+            progress.update({k: last[k] for k in ("loss", "rewards/accuracies")})
+        else:
+            progress.update({})
+        if saved:
+            ckpt.save(done, DPOState(params, opt_state), {"step": done, "window": window})
+    ckpt.close()
+    writer.close()
+    progress.close()
+    params = jax.block_until_ready(params)
+    train_s = time.perf_counter() - t_train
+
+    rows_ = read_metrics(workdir)
+    final = {k: v for k, v in (rows_[-1] if rows_ else {}).items()
+             if k != "step" and not k.startswith("time/")}
+    info: dict[str, Any] = {
+        "steps": steps, "seed": cfg.seed, "num_params": policy.cfg.num_params(),
+        "loss": dataclasses.asdict(cfg.loss), "reference": ref_source, "rows": rows_read,
+        "pairs": n_pairs, "skipped": skipped, "final_train": final, "resumed_from_step": start,
+        "reference_s": round(reference_s, 2), "reference_stored": ref_stored,
+        "train_s": round(train_s, 2)}
+    eval_sets, eval_cfg = world_setup.eval_setup(cfg.eval, cfg.world)
+    if eval_sets:
+        from rlcot.sampling import Sampler
+        sampler = Sampler(policy.cfg, params, tokenizer=tok, mesh=mesh)
+        info["eval_after"] = {k[len("eval/"):]: v for k, v in world_setup.evaluate_at(
+            steps, sampler.generate, tok, eval_sets, eval_cfg, cfg.seed, workdir).items()}
+    return {**info, "wall_time_s": round(time.perf_counter() - t_start, 2)}
