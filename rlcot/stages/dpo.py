@@ -78,6 +78,12 @@ class DPOTrain:
             raise ValueError(f"set one of train.steps ({self.steps}) and train.epochs "
                              f"({self.epochs}), not both")
 
+    def total_steps(self, pairs: int) -> int:
+        if pairs < self.batch_size:
+            raise ValueError(f"{pairs} usable pairs are fewer than train.batch_size="
+                             f"{self.batch_size}")
+        return self.steps or self.epochs * (pairs // self.batch_size)
+
 
 @dataclasses.dataclass(frozen=True)
 class DPOStageConfig:
@@ -205,6 +211,7 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     from rlcot.checkpoint import Checkpointer
     from rlcot.rl.logprobs import batch_sharding, row_shards
     from rlcot.rl.state import train_state_shardings
+    from rlcot.stages.merge import vocab_fingerprint
     from rlcot.toyworld.cache import content_key
     from rlcot.workdir import MetricsWriter, Progress, read_metrics, write_json
 
@@ -230,10 +237,10 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     if any(skipped.values()):
         log.warning("dpo data %s: skipped %s of %d pairs", cfg.data.dataset, skipped, rows_read)
     n_pairs = len(toks.lengths)
-    if n_pairs < cfg.train.batch_size:
-        raise ValueError(f"dpo data {cfg.data.dataset!r}: {n_pairs} usable pairs (skipped "
-                         f"{skipped}) are fewer than train.batch_size={cfg.train.batch_size}")
-    steps = cfg.train.steps or cfg.train.epochs * (n_pairs // cfg.train.batch_size)
+    try:
+        steps = cfg.train.total_steps(n_pairs)
+    except ValueError as e:
+        raise ValueError(f"dpo data {cfg.data.dataset!r} (skipped {skipped}): {e}") from e
     shards = row_shards(mesh)
     rows = batch_sharding(mesh)
     m = cfg.train.length_multiple
@@ -252,6 +259,10 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
             if shapes(ref.params) != shapes(policy.params):
                 raise ValueError(f"model.reference {cfg.model.reference!r} does not have the "
                                  f"policy's parameter shapes and dtypes")
+            if ref.tokenizer is not None and vocab_fingerprint(ref.tokenizer) != \
+                    vocab_fingerprint(tok):
+                raise ValueError(f"model.reference {cfg.model.reference!r} has another "
+                                 f"tokenizer than the policy {cfg.model.source!r}")
             graphdef, params = ref.graphdef, ref.params
         log.info("reference log-probs of %d pairs (%s)", n_pairs, ref_source)
         return dpo.reference_logps(graphdef, params, toks, batch_size=cfg.train.batch_size,

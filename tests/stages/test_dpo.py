@@ -238,6 +238,11 @@ def test_stage_config_checks():
         dpo_stage.resolve({**base, "loss": {"name": "ipo", "label_smoothing": 0.1}})
     with pytest.raises(KeyError, match="unknown key"):
         dpo_stage.resolve({**base, "loss": {"betta": 0.1}})
+    # Steps: as set, else epochs x full batches of the usable pairs.
+    assert dpo_stage.DPOTrain(steps=7, batch_size=4).total_steps(10) == 7
+    assert dpo_stage.DPOTrain(epochs=3, batch_size=4).total_steps(10) == 6
+    with pytest.raises(ValueError, match="3 usable pairs are fewer than train.batch_size=4"):
+        dpo_stage.DPOTrain(batch_size=4).total_steps(3)
 
 
 # ---- a tiny study --------------------------------------------------------------------------------
