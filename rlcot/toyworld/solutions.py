@@ -47,6 +47,7 @@ LANGUAGES: dict[str, dict[str, str]] = {
 TARGET_LANGUAGE = "en"
 SECOND_LANGUAGE = "xx"
 CHECK_MODES = ("step", "pass")
+MIX_STEPS = ("any", "checks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +180,10 @@ class StyleRates:
     main step's expression; harder for a tiny model to learn). check_mode: see the module
     docstring. check_mix_rate: when set, the mix rate of solutions with a check, mix_rate
     then being that of the others (language mixing tied to checking, as in the R1 study's
-    world); None: mix_rate for all, independently of checking.
+    world); None: mix_rate for all, independently of checking. mix_steps: the steps of a
+    mixed solution that may be in the second language, each with probability mix_share:
+    'any' step, or only its 'checks' (a solution without checks then stays in the target
+    language).
     """
 
     plain_rate: float = 0.1
@@ -191,13 +195,16 @@ class StyleRates:
     reverse_check_rate: float = 0.0
     check_mode: str = "step"
     check_mix_rate: float | None = None
+    mix_steps: str = "any"
 
     def __post_init__(self):
         if self.check_mode not in CHECK_MODES:
             raise ValueError(f"check_mode must be one of {CHECK_MODES}, got {self.check_mode!r}")
+        if self.mix_steps not in MIX_STEPS:
+            raise ValueError(f"mix_steps must be one of {MIX_STEPS}, got {self.mix_steps!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name == "check_mode" or (f.name == "check_mix_rate" and v is None):
+            if f.name in ("check_mode", "mix_steps") or (f.name == "check_mix_rate" and v is None):
                 continue
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"StyleRates.{f.name} must be in [0, 1], got {v}")
@@ -218,7 +225,8 @@ def draw_style(rng: np.random.Generator, problem: Problem, rates: StyleRates) ->
     verbose = bool(u[3] < rates.verbose_rate)
     reverse = bool(u[4] < rates.reverse_check_rate)
     n_steps = n * (2 if check else 1)
-    langs = tuple(SECOND_LANGUAGE if mixed and mix_u[k] else TARGET_LANGUAGE
+    first = n if rates.mix_steps == "checks" else 0  # steps n.. are the checks
+    langs = tuple(SECOND_LANGUAGE if mixed and mix_u[k] and k >= first else TARGET_LANGUAGE
                   for k in range(n_steps))
     return Style(plain, tuple(bool(d) for d in drop), check, langs, verbose, reverse,
                  rates.check_mode)

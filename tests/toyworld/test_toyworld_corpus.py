@@ -175,6 +175,30 @@ def test_mixing_tied_to_checking():
         StyleRates(check_mix_rate=1.5)
 
 
+def test_mixing_only_in_checks():
+    """mix_steps='checks' (with mix_share 1): a mixed solution writes every check step, and
+    only those, in the second language; the same draws decide everything else."""
+    rates = dataclasses.replace(RATES, check_mix_rate=0.9, mix_steps="checks", mix_share=1.0)
+    docs = build_corpus(dataclasses.replace(WORLD, rates=rates))
+    free = build_corpus(dataclasses.replace(WORLD, rates=dataclasses.replace(
+        rates, mix_steps="any")))
+    assert [d.labels["check"] for d in docs] == [d.labels["check"] for d in free]
+    assert not any(d.labels["mixed"] for d in docs if not d.labels["check"])
+    checked = [d for d in docs if d.labels["check"]]
+    got = np.mean([d.labels["mixed"] for d in checked])
+    assert abs(got - 0.9) < _tol(0.9, len(checked))
+    for d in checked:
+        steps = d.completion.split(". ")
+        checks = [x for x in steps if x.startswith(("check", "проверка"))]
+        assert len(checks) == 3
+        assert all(x.startswith("проверка") == d.labels["mixed"] for x in checks)
+        # Main steps (the others) stay in English.
+        assert all(second_language_share(f"<think> {x} </think>") == 0.0
+                   for x in steps if x not in checks)
+    with pytest.raises(ValueError, match="mix_steps"):
+        StyleRates(mix_steps="main")
+
+
 def test_checked_source_is_the_cold_start_data():
     """'toyworld_checked': the same problems as 'toyworld', each solution checked step by
     step, right, in the format, and in the target language only."""
