@@ -253,7 +253,8 @@ def _study(dpo_fields=None):
     c = tiny_config(1)
     c.stage_order = ("base", "gen", "dpo")
     del c.stages["rl"]
-    c.stages.base.train.update(steps=10, short_rows=0, log_every=5, checkpoint_every=10)
+    c.stages.base.train.update(steps=10, short_rows=0, length_multiple=128, log_every=5,
+                               checkpoint_every=10)
     # "Correct" = at least one R1 tag: an untrained model gets that for some samples only.
     c.stages.gen = stages.defaults(
         "generate", prompts=32, select="pairs", correct_by="r1_tag_count",
