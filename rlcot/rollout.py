@@ -159,7 +159,8 @@ def collect(prompt_batches: Iterator[dict[str, Any]], generate: Callable, score:
     kept: list[tuple[int, int]] = []     # (round, group) in the order they were kept
     dropped: list[tuple[int, int]] = []
     rounds = []
-    stats = {"generate_s": 0.0, "score_s": 0.0, "groups_sampled": 0, "groups_kept": 0}
+    stats = {"generate_s": 0.0, "score_s": 0.0, "groups_sampled": 0, "groups_kept": 0,
+             "tokens_sampled": 0.0}
     for r in range(max_rounds if dynamic_sampling else 1):
         prompts = next(prompt_batches)
         t0 = time.perf_counter()
@@ -186,6 +187,7 @@ def collect(prompt_batches: Iterator[dict[str, Any]], generate: Callable, score:
                            metrics=dict(combined.metrics), lengths=lengths, truncated=truncated,
                            texts=texts, examples=examples))
         stats["groups_sampled"] += B
+        stats["tokens_sampled"] += float(lengths.sum())  # dropped groups' tokens included
         for b in range(B):
             informative = filter_BxG[b].max() > filter_BxG[b].min()
             (kept if informative or not dynamic_sampling else dropped).append((r, b))
