@@ -1,9 +1,13 @@
 """Grain input pipeline: examples -> templated, tokenised, filtered, shuffled, sharded batches.
 
 Order of operations. At construction every host renders and tokenises the whole split once
-(seconds for benchmark-sized splits) and drops prompts longer than `max_prompt_tokens`, so
-the kept set and the drop count are exact and identical on all hosts. The kept prompts then
-form one global stream: a seeded permutation per epoch (grain's index shuffle, a fresh
+(seconds for benchmark-sized splits) and drops malformed rows and prompts longer than
+`max_prompt_tokens`, so the kept set and the skip counts are exact and identical on all hosts.
+A row is malformed when it is not UTF-8, lacks a field the template or the rewards read
+('question', and `required_fields`, e.g. 'answer' for math_accuracy) or has that field empty;
+such rows are skipped and counted by reason (`skipped`, one warning line), or, with
+`on_bad_rows='error'`, they stop the run with the same counts and the first row of each kind.
+The kept prompts then form one global stream: a seeded permutation per epoch (grain's index shuffle, a fresh
 permutation each epoch), repeated `num_epochs` times (None: forever). Host h of H takes
 elements h, h + H, h + 2H, ... of that stream and groups them into batches of B, so global
 batch k (the union over hosts of their batch k) is elements [k·B·H, (k+1)·B·H) of the
@@ -27,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -37,6 +42,9 @@ from rlcot.data.base import decode_example
 from rlcot.data.templates import TemplateConfig, render_prompt
 
 _READ_CHUNK = 1024
+ON_BAD_ROWS = ("skip", "error")
+
+log = logging.getLogger(__name__)
 
 
 class PromptTokenizer(Protocol):
@@ -64,6 +72,8 @@ class PipelineConfig:
     num_epochs: int | None = None
     drop_remainder: bool = True
     prefetch_batches: int = 2  # read ahead in one background thread; 0 reads synchronously
+    required_fields: tuple[str, ...] = ()  # besides 'question': fields a row must have, non-empty
+    on_bad_rows: str = "skip"  # malformed rows: 'skip' (counted) or 'error'
 
     def __post_init__(self):
         if self.batch_size <= 0:
@@ -77,6 +87,9 @@ class PipelineConfig:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
+        if self.on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got "
+                             f"{self.on_bad_rows!r}")
 
 
 def left_pad(ids: Sequence[Sequence[int]], pad_id: int,
@@ -94,16 +107,35 @@ def left_pad(ids: Sequence[Sequence[int]], pad_id: int,
     return tokens_BxT, lens_B
 
 
-def read_all(source: Sequence[Any]) -> list[dict[str, Any]]:
-    """Every record of a random-access source, decoded, in row order."""
+def read_records(source: Sequence[Any]) -> list[Any]:
+    """Every record of a random-access source as stored (text may be bytes), in row order."""
     n = len(source)
     getitems = getattr(source, "__getitems__", None)
     out = []
     for start in range(0, n, _READ_CHUNK):
         idx = list(range(start, min(start + _READ_CHUNK, n)))
-        records = getitems(idx) if getitems else [source[i] for i in idx]
-        out.extend(decode_example(r) for r in records)
+        out.extend(getitems(idx) if getitems else [source[i] for i in idx])
     return out
+
+
+def read_all(source: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every record of a random-access source, decoded, in row order."""
+    return [decode_example(r) for r in read_records(source)]
+
+
+def row_problem(record: Any, fields: Sequence[str]) -> str | None:
+    """Why a record cannot be a prompt: 'not_utf8', 'missing_FIELD' or 'empty_FIELD' for the
+    first of `fields` it lacks or has blank; None when it is fine."""
+    try:
+        example = decode_example(record)
+    except UnicodeDecodeError:
+        return "not_utf8"
+    for f in fields:
+        if f not in example or example[f] is None:
+            return f"missing_{f}"
+        if isinstance(example[f], str) and not example[f].strip():
+            return f"empty_{f}"
+    return None
 
 
 def _encode_all(tokenizer: PromptTokenizer, texts: Sequence[str],
@@ -127,13 +159,14 @@ class PromptPipeline:
     prompts (the shots, when they come from the same split). shard: this host's share;
     None means grain.sharding.ShardByJaxProcess(). Only its shard_index and shard_count
     are used (hosts take interleaved elements of the global stream, not grain's contiguous
-    blocks); remainders follow config.drop_remainder.
+    blocks); remainders follow config.drop_remainder. label: names the data in the skip
+    summary and errors. After construction, `skipped` counts the rows left out by reason.
     """
 
     def __init__(self, source: Sequence[Any], tokenizer: PromptTokenizer,
                  config: PipelineConfig, *, shots: Sequence[Mapping[str, Any]] = (),
                  exclude_rows: Collection[int] = (),
-                 shard: grain.sharding.ShardOptions | None = None):
+                 shard: grain.sharding.ShardOptions | None = None, label: str = "prompts"):
         if config.template.instruction is None:
             raise ValueError("template.instruction is unresolved (None): give a string, or build "
                              "the pipeline with rlcot.data.registry.make_pipeline, which fills "
@@ -152,21 +185,49 @@ class PromptPipeline:
         shots = [decode_example(s) for s in shots]
         self.num_rows = len(source)
         excluded = set(exclude_rows)
+        fields = ("question", *(f for f in config.required_fields if f != "question"))
         candidates, texts = [], []
-        for row, example in enumerate(read_all(source)):
-            if row not in excluded:
+        bad: dict[str, list[int]] = {}
+        for row, record in enumerate(read_records(source)):
+            if row in excluded:
+                continue
+            why = row_problem(record, fields)
+            if why is None:
+                try:
+                    texts.append(render_prompt(config.template, decode_example(record), shots,
+                                               tokenizer))
+                except KeyError as e:  # a field the template reads
+                    why = f"missing_{e.args[0] if e.args else 'field'}"
+            if why is None:
                 candidates.append(row)
-                texts.append(render_prompt(config.template, example, shots, tokenizer))
+            else:
+                bad.setdefault(why, []).append(row)
         ids = _encode_all(tokenizer, texts, add_bos)
         limit = config.max_prompt_tokens
         keep = [i for i, x in enumerate(ids) if limit is None or len(x) <= limit]
         kept = [candidates[i] for i in keep]
+        if len(kept) < len(candidates):
+            bad["too_long"] = sorted(set(candidates) - set(kept))
         self.num_excluded = len(excluded & set(range(self.num_rows)))
-        self.num_dropped = len(candidates) - len(kept)
+        self.num_dropped = len(bad.get("too_long", ()))
+        self.skipped = {why: len(rows) for why, rows in sorted(bad.items())}
+        if bad:
+            where = ", ".join(f"{why} {len(rows)} (first: row {rows[0]})"
+                              for why, rows in sorted(bad.items()))
+            if "too_long" in bad:
+                where += f" (too_long: over max_prompt_tokens={limit})"
+            if config.on_bad_rows == "error":
+                raise ValueError(f"{label}: {sum(self.skipped.values())} of {self.num_rows} rows "
+                                 f"cannot be used: {where}; data.on_bad_rows is 'error': fix the "
+                                 f"data, or set it to 'skip' to leave them out")
+            log.warning("%s: skipped %d of %d rows: %s", label, sum(self.skipped.values()),
+                        self.num_rows, where)
         if not kept:
             raise ValueError(
                 f"no prompts left: {self.num_rows} rows, {self.num_excluded} excluded, "
-                f"{self.num_dropped} longer than max_prompt_tokens={limit}")
+                f"{self.num_dropped} longer than max_prompt_tokens={limit}"
+                + "".join(f", {n} {why}" for why, n in self.skipped.items()
+                          if why != "too_long"))
         self.rows = np.asarray(kept, dtype=np.int64)
         self.prompt_texts = [texts[i] for i in keep]
         self.prompt_ids = [ids[i] for i in keep]

@@ -56,6 +56,12 @@ _BUILDERS = {c.name: c for c in (
     builders_math.RlcotAmc23, builders_code.RlcotHumaneval, builders_gym.RlcotReasoningGym)}
 
 
+def fields(name: str) -> tuple[str, ...]:
+    """The fields every example of a registered dataset has (no data is read)."""
+    from rlcot.data.base import COMMON_FIELDS
+    return COMMON_FIELDS + _BUILDERS[get_spec(name).builder].EXTRA_FIELDS
+
+
 def get_builder(name: str, *, data_dir: str | os.PathLike | None = None,
                 source_dir: str | os.PathLike | None = None, download: bool = False):
     """The TFDS builder of a registered dataset (not yet prepared)."""

@@ -174,3 +174,47 @@ def test_few_shot_from_train_and_from_the_split_itself(shared_data, data_dir, by
     assert (pipe.num_excluded, pipe.num_kept) == (2, 498)
     used = sum(_rows(pipe.iterator()), [])
     assert sorted(used) == sorted(set(range(500)) - set(select_shots(500, 2, seed=0)))
+
+
+def _messy_source():
+    # Rows 0, 3 and 7 are fine; the others are each malformed in one way.
+    good = {"id": "", "question": "aa", "answer": "1", "solution": "", "task": "t"}
+    return [good,
+            {**good, "question": b"\xff\xfe not utf-8"},   # 1 not UTF-8
+            {k: v for k, v in good.items() if k != "answer"},  # 2 no answer field
+            {**good, "question": "bb"},
+            {**good, "answer": "  "},                        # 4 empty answer
+            {k: v for k, v in good.items() if k != "question"},  # 5 no question
+            {**good, "question": "c" * 40},                  # 6 too long
+            {**good, "question": b"dd", "answer": b"4"}]     # 7 bytes that decode: fine
+
+
+def test_malformed_rows_are_skipped_and_counted(byte_tokenizer, caplog):
+    cfg = PipelineConfig(batch_size=1, template=RAW, shuffle=False, num_epochs=1,
+                         max_prompt_tokens=10, required_fields=("answer",))
+    with caplog.at_level("WARNING", logger="rlcot.data.pipeline"):
+        pipe = PromptPipeline(_messy_source(), byte_tokenizer, cfg, shard=ShardOptions(0, 1),
+                              label="messy/train")
+    assert pipe.rows.tolist() == [0, 3, 7]
+    assert pipe.skipped == {"empty_answer": 1, "missing_answer": 1, "missing_question": 1,
+                            "not_utf8": 1, "too_long": 1}
+    assert pipe.num_dropped == 1  # (only the too-long ones, as before)
+    line, = [r.getMessage() for r in caplog.records]
+    assert line.startswith("messy/train: skipped 5 of 8 rows: empty_answer 1 (first: row 4), "
+                           "missing_answer 1 (first: row 2), missing_question 1 (first: row 5), "
+                           "not_utf8 1 (first: row 1), too_long 1 (first: row 6)")
+    assert [b["example"][0]["question"] for b in pipe.iterator()] == ["aa", "bb", "dd"]
+
+
+def test_malformed_rows_fail_fast_when_configured(byte_tokenizer):
+    cfg = PipelineConfig(batch_size=1, template=RAW, required_fields=("answer",),
+                         on_bad_rows="error")
+    with pytest.raises(ValueError, match=r"prompts: 4 of 8 rows cannot be used: empty_answer 1 "
+                                         r"\(first: row 4\).*on_bad_rows is 'error'"):
+        PromptPipeline(_messy_source(), byte_tokenizer, cfg, shard=ShardOptions(0, 1))
+    with pytest.raises(ValueError, match="on_bad_rows must be one of"):
+        PipelineConfig(batch_size=1, on_bad_rows="ignore")
+    # Without required fields an empty answer is fine (e.g. code tasks carry tests instead).
+    cfg = PipelineConfig(batch_size=1, template=RAW, shuffle=False)
+    pipe = PromptPipeline(_messy_source(), byte_tokenizer, cfg, shard=ShardOptions(0, 1))
+    assert pipe.skipped == {"missing_question": 1, "not_utf8": 1}
