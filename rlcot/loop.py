@@ -4,7 +4,9 @@ One canonical loop for every recipe; recipes differ by configuration and by the 
 they select by name (advantage estimator, policy loss, KL, aggregation, rewards). It always
 resumes from its workdir: the checkpoint holds the train state (policy, optimizer, reference,
 critic, KL coefficient, counters) and the data position; every random key is derived from
-(seed, step), so an interrupted run ends with the same numbers as an uninterrupted one.
+(seed, step), so an interrupted run ends with the same numbers as an uninterrupted one. A stop
+request (SIGTERM / SIGINT, rlcot.preempt) ends the run at the next step boundary, or right
+after a rollout (abandoning that step), with a checkpoint there.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlcot import run_config
+from rlcot import preempt, run_config
 from rlcot.checkpoint import Checkpointer
-from rlcot.workdir import (MetricsWriter, PhaseTimer, Progress, results_table, summarize,
-                           write_json)
+from rlcot.health import HealthLog
+from rlcot.workdir import (MetricsWriter, PhaseTimer, Progress, read_metrics, results_table,
+                           summarize, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
                              resolver.tokenizer_ref(rc.model.source, rc.model.tokenizer),
                              rc.model.source)
     pipeline = world_setup.train_pipeline(rc, tokenizer)
+    _check_context(pipeline, rc.rollout.max_new_tokens, policy.cfg.max_position)
     eval_sets, eval_cfg = world_setup.eval_setup(rc.eval, rc.world)
     log.info("model %s (%d params) on mesh %s; %d training prompts", rc.model.source,
              policy.cfg.num_params(), dict(mesh.shape), pipeline.num_kept)
@@ -102,7 +106,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     # ---- Resume --------------------------------------------------------------------------------
     ckpt = Checkpointer(workdir, max_to_keep=rc.train.keep_checkpoints)
     start, data_state = 0, None
-    restored = ckpt.restore(state)
+    restored = ckpt.restore(state, fallback=True)  # a damaged latest one: the one before
     if restored is not None:
         start, state, meta = restored
         data_state = meta["data"]
@@ -110,7 +114,9 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
         log.info("resumed from step %d", start)
     data_it = pipeline.iterator(data_state)
     writer = MetricsWriter(workdir, resume_step=start if restored else None)
+    health = HealthLog(read_metrics(workdir))
     base_key = jax.random.key(rc.seed)
+    saved = start if restored is not None else None  # the newest checkpoint's step
 
     def evaluate(step: int) -> dict[str, float]:
         return world_setup.evaluate_at(step, sampler.generate, tokenizer, eval_sets, eval_cfg,
@@ -123,8 +129,26 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     from rlcot.rollout import collect
     progress = Progress(rc.train.steps, initial=start,
                         keys=("reward/total/mean", "rollout/length_mean", "loss"))
+
+    def close() -> None:
+        progress.close()
+        ckpt.close()
+        writer.close()
+        pool.close()
+
+    def stop(at: int, state: Any, data_pos: dict[str, Any]) -> None:
+        """Ends the run on a stop request: a checkpoint at step `at` (unless there is one, or
+        at is 0: nothing to keep), then Preempted."""
+        if at > 0 and at != saved:
+            ckpt.save(at, state, {"data": data_pos, "step": at})
+        close()
+        raise preempt.Preempted(f"stage {workdir.name}", at)
+
     t_run = time.perf_counter()
     for step in range(start, rc.train.steps):
+        data_pos = pipeline.get_state(data_it)
+        if preempt.stop_requested():
+            stop(step, state, data_pos)
         timer = PhaseTimer()
         key = jax.random.fold_in(base_key, step)
 
@@ -134,6 +158,8 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
                               key=jax.random.fold_in(key, 0),
                               dynamic_sampling=ro.dynamic_sampling, max_rounds=ro.max_rounds,
                               filter_on=ro.dynamic_sampling_filter)
+        if preempt.stop_requested():  # abandon the step: the state is still the step's start
+            stop(step, state, data_pos)
         rows = batch_sharding(mesh)  # every [N, ...] array: rows over (data, fsdp)
         tb = jax.device_put(rollout.batch, rows)
         with timer("logprobs"):
@@ -159,11 +185,13 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
                 update_metrics = jax.device_get(update_metrics)
                 sampler.update_params(state.params)
             check_nonfinite(update_metrics["nonfinite_streak"], rc.learner)
-        if rc.train.ref_refresh_every and needs_ref and (step + 1) % rc.train.ref_refresh_every == 0:
+        if (rc.train.ref_refresh_every and needs_ref
+                and (step + 1) % rc.train.ref_refresh_every == 0):
             state = refresh_reference(state)
 
         row = {**{k: float(v) for k, v in update_metrics.items()}, **rollout.reward_metrics,
-               **_rollout_metrics(rollout)}
+               **_rollout_metrics(rollout, G)}
+        row.update(health(step + 1, row))  # loud warnings, counted as health/NAME
         last = step + 1 == rc.train.steps
         if eval_sets and (last or (rc.train.eval_every and (step + 1) % rc.train.eval_every == 0)):
             with timer("eval"):
@@ -172,6 +200,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
             with timer("checkpoint"):
                 ckpt.save(step + 1, state, {"data": pipeline.get_state(data_it),
                                             "step": step + 1})
+            saved = step + 1
         row.update(timer.metrics())
         writer.write(step + 1, row)
         progress.update(row)
@@ -179,11 +208,9 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
             log.info("step %d/%d %s", step + 1, rc.train.steps, _brief(row))
 
     # ---- Wrap up: summary.json and plots --------------------------------------------------------
-    progress.close()
-    ckpt.close()
-    writer.close()
-    pool.close()
+    close()
     summary = summarize(workdir, rc, wall_s=time.perf_counter() - t_run, resumed_from=start)
+    summary["data"] = {"prompts": pipeline.num_kept, "skipped": pipeline.skipped}
     write_json(workdir / "summary.json", summary)
     table = results_table(summary)
     (workdir / "results.md").write_text(table + "\n")
@@ -196,13 +223,29 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     return summary
 
 
-def _rollout_metrics(rollout) -> dict[str, float]:
+def _check_context(pipeline: Any, max_new_tokens: int, max_position: int) -> None:
+    """The longest kept prompt plus the completion budget must fit the model's context (checked
+    here, before anything compiles, when data.max_prompt_tokens leaves prompts unbounded)."""
+    longest = max(len(ids) for ids in pipeline.prompt_ids)
+    if longest + max_new_tokens > max_position:
+        raise ValueError(
+            f"the longest training prompt has {longest} tokens: with rollout.max_new_tokens = "
+            f"{max_new_tokens} that is beyond the model's context of {max_position} positions; "
+            f"set data.max_prompt_tokens <= {max_position - max_new_tokens} (longer prompts are "
+            f"skipped) or lower rollout.max_new_tokens")
+
+
+def _rollout_metrics(rollout, group_size: int) -> dict[str, float]:
     valid = rollout.row_valid_N
     lengths = rollout.lengths_N[valid] if valid.any() else rollout.lengths_N
+    scores = rollout.scores_N[valid] if valid.any() else rollout.scores_N
+    groups = rollout.scores_N.reshape(-1, group_size)
     out = {"rollout/length_mean": float(np.mean(lengths)),
            "rollout/length_max": float(np.max(lengths)),
            "rollout/truncated_frac": float(np.mean(rollout.truncated_N)),
            "rollout/score_mean": float(np.mean(rollout.scores_N[valid])) if valid.any() else 0.0,
+           "rollout/score_std": float(np.std(scores)),
+           "rollout/groups_equal_frac": float(np.mean(groups.max(1) == groups.min(1))),
            "rollout/valid_frac": float(np.mean(valid))}
     out.update({f"rollout/{k}": float(v) for k, v in rollout.stats.items()})
     return out

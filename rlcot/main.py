@@ -12,7 +12,9 @@
     plot   --root's curves.png (seed bands per arm) and bars.png (the table's main metric)
 
 Any config field can be overridden with --config.KEY=VALUE (e.g. --config.train.steps=20);
-unknown keys fail before anything is computed. On a TPU pod, run the same command on every
+unknown keys fail before anything is computed. `run` stops on SIGTERM / SIGINT at the next
+step boundary with a checkpoint and exits with status 75 (rlcot.preempt.EXIT_PREEMPTED); the
+same command resumes. On a TPU pod, run the same command on every
 host: jax.distributed is initialised from the environment.
 """
 
@@ -97,8 +99,12 @@ def main(argv: list[str]) -> None:
     _maybe_init_distributed()
     config, workdir = _CONFIG.value, _WORKDIR.value
     if command == "run":
+        from rlcot import preempt
         from rlcot.study import run
-        run(config, workdir, only=_STAGE.value)
+        try:
+            run(config, workdir, only=_STAGE.value)
+        except preempt.Preempted:
+            sys.exit(preempt.EXIT_PREEMPTED)
     else:
         from rlcot.evaluation.cli import run_eval
         run_eval(config, workdir, stage=_STAGE.value)

@@ -106,17 +106,22 @@ class ModelSection:
 @dataclasses.dataclass(frozen=True)
 class DataSection:
     """Training prompts: a dataset of rlcot.data.registry (or 'toyworld'), its split, how
-    examples become prompts, and prompts per RL step."""
+    examples become prompts, and prompts per RL step. on_bad_rows: rows that cannot be prompts
+    (not UTF-8, a field the template or a reward reads missing or empty, longer than
+    max_prompt_tokens) are 'skip'ped and counted, or stop the run ('error')."""
     dataset: str = "toyworld"
     split: str = "train"
     template: TemplateConfig = TemplateConfig()
     max_prompt_tokens: int | None = None
     batch_prompts: int = 16
     shuffle: bool = True
+    on_bad_rows: str = "skip"
 
     def __post_init__(self):
         if self.batch_prompts < 1:
             raise ValueError(f"batch_prompts must be >= 1, got {self.batch_prompts}")
+        if self.on_bad_rows not in ("skip", "error"):
+            raise ValueError(f"on_bad_rows must be 'skip' or 'error', got {self.on_bad_rows!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +194,57 @@ class RunConfig:
     train: TrainSection
     eval: Mapping[str, Any]
     world: WorldConfig
+
+    def __post_init__(self):
+        check_choices(self)
+
+
+# Outcome estimators that compare the samples of a prompt (REINFORCE++ too, with its group
+# baseline): with one sample per prompt every advantage is 0, so nothing is learned.
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "kimi")
+
+
+def check_choices(rc: RunConfig) -> None:
+    """Choices of different sections that cannot work together, named with what is allowed."""
+    adv, G = rc.advantage, rc.rollout.num_samples
+    grouped = adv.estimator in GROUP_ESTIMATORS or (adv.estimator == "reinforce_pp"
+                                                    and adv.group_baseline)
+    if grouped and G < 2:
+        what = ("reinforce_pp with group_baseline=True" if adv.estimator == "reinforce_pp"
+                else repr(adv.estimator))
+        raise ValueError(
+            f"advantage.estimator {what} compares the samples of each prompt, but "
+            f"rollout.num_samples is {G}: every advantage would be 0. Set rollout.num_samples "
+            f">= 2, or use an estimator for single samples: 'reinforce_pp' (group_baseline="
+            f"False), 'reinforce_pp_token', or 'gae' (with learner.value)")
+    if (adv.estimator == "gae") != (rc.learner.value is not None):
+        raise ValueError(
+            "advantage.estimator 'gae' needs a value model: set learner.value"
+            if adv.estimator == "gae" else
+            f"learner.value (a value model) is only used by advantage.estimator 'gae', not "
+            f"{adv.estimator!r}: remove it or use 'gae'")
+    kl = rc.learner.objective.kl
+    if not kl.enabled:
+        if rc.model.reference is not None:
+            raise ValueError(f"model.reference is {rc.model.reference!r} but "
+                             f"learner.objective.kl.placement is 'none', so no KL uses it: set "
+                             f"the placement to 'loss' or 'reward', or remove model.reference")
+        if rc.train.ref_refresh_every:
+            raise ValueError(f"train.ref_refresh_every is {rc.train.ref_refresh_every} but "
+                             f"learner.objective.kl.placement is 'none': there is no reference "
+                             f"to refresh; set the placement to 'loss' or 'reward', or "
+                             f"ref_refresh_every to 0")
+    d, ro = rc.data, rc.rollout
+    if d.max_prompt_tokens is not None and d.max_prompt_tokens < 1:
+        raise ValueError(f"data.max_prompt_tokens must be >= 1 or None, got {d.max_prompt_tokens}")
+    if ro.max_new_tokens < 1:
+        raise ValueError(f"rollout.max_new_tokens must be >= 1, got {ro.max_new_tokens}")
+    rows = d.batch_prompts * G
+    try:
+        rc.learner.check_rows(rows)
+    except ValueError as e:
+        raise ValueError(f"data.batch_prompts x rollout.num_samples = {d.batch_prompts} x {G}: "
+                         f"{e} (learner.minibatches x learner.micro_batches)") from e
 
 
 SECTIONS = {"mesh": MeshConfig, "model": ModelSection, "data": DataSection,

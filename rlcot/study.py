@@ -11,6 +11,11 @@ with a model output or a dataset (rlcot.sources); finished stages are skipped an
 interrupted one resumes, so re-running the command after any interruption finishes the study
 with the numbers of an uninterrupted run. A stage's model source defaults to the previous
 model-producing stage ('stage:PREV'); the first stage's to the top-level `model.source`.
+
+Before any stage runs, the plan is checked as a whole (stage sources, tokenizers, batch rows
+over the mesh, context lengths, the fields rewards read: rlcot.preflight). SIGTERM / SIGINT
+stop the running stage at a step boundary with a checkpoint (rlcot.preempt): the stage is not
+marked finished, `run` raises Preempted and the command exits with status 75.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from rlcot import run_config, sources
+from rlcot import preempt, run_config, sources
 from rlcot.stages import KINDS, kind_module
 
 log = logging.getLogger(__name__)
@@ -163,8 +168,16 @@ def check_tokenizers(p: Plan, resolver: sources.Resolver) -> None:
             raise ValueError(
                 f"stage {st.name!r}: model.tokenizer {model.tokenizer!r} is not the tokenizer of "
                 f"its model source {src!r} ({upstream!r}); a policy must keep its vocabulary")
-        refs[st.name] = model.tokenizer or upstream or (
+        ref = model.tokenizer or upstream or (
             resolver.tokenizer_ref(src) if not src.startswith("stage:") else None)
+        if ref is None:
+            raise ValueError(f"stage {st.name!r}: model {src!r} comes without a tokenizer (or "
+                             f"is missing): set model.tokenizer (a tokenizer file or "
+                             f"directory, or '{sources.TOY_TOKENIZER}')")
+        if ref != sources.TOY_TOKENIZER and not Path(ref).expanduser().exists():
+            raise ValueError(f"stage {st.name!r}: tokenizer {ref!r} (model.tokenizer, or its "
+                             f"model source's) does not exist")
+        refs[st.name] = ref
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +202,22 @@ def run(config: Any, workdir: str | Path, only: str | None = None) -> dict[str, 
     world = next((getattr(s.cfg, "world", None) for s in p.stages), None)
     resolver = sources.Resolver(study_dir=workdir.absolute(), world=world)
     check_tokenizers(p, resolver)
+    from rlcot import preflight
+    preflight.check_plan(p, resolver)
     write_summary(workdir, p.order, 0.0)  # the stage order, readable while the study runs
     t0 = time.perf_counter()
+    with preempt.on_signals():
+        try:
+            _run_stages(p, workdir, only, resolver)
+        except preempt.Preempted as e:
+            write_summary(workdir, p.order, time.perf_counter() - t0)
+            log.warning("study %s: %s (exit status %d)", workdir, e, preempt.EXIT_PREEMPTED)
+            raise
+    return write_summary(workdir, p.order, time.perf_counter() - t0)
+
+
+def _run_stages(p: Plan, workdir: Path, only: str | None, resolver: sources.Resolver) -> None:
+    from rlcot.workdir import write_json
     ran: list[str] = []
     for i, st in enumerate(p.stages):
         stage_dir = workdir / st.name
@@ -211,6 +238,8 @@ def run(config: Any, workdir: str | Path, only: str | None = None) -> dict[str, 
             log.info("stage %d/%d %s (%s): finished, skipped", i + 1, len(p.stages), st.name,
                      st.kind)
             continue
+        if preempt.stop_requested():
+            raise preempt.Preempted(f"the study before stage {st.name}")
         log.info("stage %d/%d %s (%s)", i + 1, len(p.stages), st.name, st.kind)
         stage_dir.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(st.name, stage_dir, workdir.absolute(), resolver)
@@ -219,14 +248,22 @@ def run(config: Any, workdir: str | Path, only: str | None = None) -> dict[str, 
         write_json(stage_dir / sources.SUMMARY_FILE,
                    {**summary, "kind": st.kind, "stage": st.name, "config_key": key,
                     "finished": True})
-    return write_summary(workdir, p.order, time.perf_counter() - t0)
+
+
+# Settings that cannot change what a stage produces, only whether it fails: left out of the
+# key, so that a study directory stays reusable when they are set or added.
+NOT_IN_KEY = (("data", "on_bad_rows"),)
 
 
 def config_key(cfg: Any) -> str:
     """A digest of a stage's resolved settings (a finished stage is reused only under it)."""
     import hashlib
     import json
-    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    values = dataclasses.asdict(cfg)
+    for section, name in NOT_IN_KEY:
+        if isinstance(values.get(section), dict):
+            values[section].pop(name, None)
+    text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

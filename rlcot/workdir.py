@@ -162,6 +162,10 @@ def summarize(workdir: Path, rc: Any, *, wall_s: float, resumed_from: int) -> di
         "eval_after": eval_keys(evals[-1]) if evals else {},
         "final_train": {k: last[k] for k in ("reward/total/mean", "rollout/length_mean",
                                              "entropy_mean", "kl_ref_mean") if k in last},
+        # Steps at which each rlcot.health condition held (a loud warning was due).
+        "health": {k[len("health/"):]: int(sum(r.get(k, 0.0) for r in train_rows))
+                   for k in dict.fromkeys(k for r in train_rows for k in r
+                                          if k.startswith("health/"))},
     }
 
 

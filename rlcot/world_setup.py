@@ -38,10 +38,13 @@ def data_source(world: Any, dataset: str, split: str, size: int | None = None) -
 
 def train_pipeline(rc: RunConfig, tokenizer: Any) -> Any:
     from rlcot.data.pipeline import PipelineConfig, PromptPipeline
+    from rlcot.preflight import required_fields
     d = rc.data
     cfg = PipelineConfig(batch_size=d.batch_prompts, template=d.template,
-                         max_prompt_tokens=d.max_prompt_tokens, shuffle=d.shuffle, seed=rc.seed)
-    return PromptPipeline(_source(rc, d.dataset, d.split), tokenizer, cfg)
+                         max_prompt_tokens=d.max_prompt_tokens, shuffle=d.shuffle, seed=rc.seed,
+                         on_bad_rows=d.on_bad_rows, required_fields=required_fields(rc.rewards))
+    return PromptPipeline(_source(rc, d.dataset, d.split), tokenizer, cfg,
+                          label=f"{d.dataset}/{d.split}")
 
 
 def eval_setup(ev: Any, world: Any) -> tuple[tuple[Any, ...], Any]:

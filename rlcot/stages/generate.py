@@ -12,7 +12,9 @@ Correct means the `correct_by` reward term (default: the accuracy term) reaches
 `correct_threshold` on a sample that ended by itself (not truncated). Prompts without a usable
 row, and pairs whose two texts are empty or identical, are skipped and counted. Each batch of
 prompts is written as its own part file, so an interrupted stage resumes after the last part
-(every key is derived from (seed, batch)).
+(every key is derived from (seed, batch)); a stop request (rlcot.preempt) ends it after the
+current batch's part is written. Malformed prompt rows are skipped and counted
+(`data.on_bad_rows`, rlcot.data.pipeline).
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def rows_for_prompt(prompt: str, texts: list[str], lengths: np.ndarray, correct:
 def run(cfg: GenerateStageConfig, ctx: Any) -> dict[str, Any]:
     import jax
 
-    from rlcot import world_setup
+    from rlcot import preempt, preflight, world_setup
     from rlcot.toyworld.cache import write_atomic
     from rlcot.data.pipeline import PipelineConfig, PromptPipeline
     from rlcot.rewards import RewardCombiner, RewardInput
@@ -127,7 +129,9 @@ def run(cfg: GenerateStageConfig, ctx: Any) -> dict[str, Any]:
         world_setup.data_source(cfg.world, d.dataset, d.split), tok,
         PipelineConfig(batch_size=d.batch_prompts, template=d.template,
                        max_prompt_tokens=d.max_prompt_tokens, shuffle=d.shuffle, seed=cfg.seed,
-                       num_epochs=1, drop_remainder=False))
+                       num_epochs=1, drop_remainder=False, on_bad_rows=d.on_bad_rows,
+                       required_fields=preflight.required_fields(cfg.rewards)),
+        label=f"{d.dataset}/{d.split}")
     n_prompts = pipeline.num_kept if cfg.prompts is None else min(cfg.prompts,
                                                                    pipeline.num_kept)
     n_batches = -(-n_prompts // d.batch_prompts)
@@ -148,6 +152,10 @@ def run(cfg: GenerateStageConfig, ctx: Any) -> dict[str, Any]:
         if part.is_file():
             progress.update({})
             continue
+        if preempt.stop_requested():  # every part so far is written: nothing else to keep
+            progress.close()
+            combiner.close()
+            raise preempt.Preempted(f"stage {ctx.name}", b)
         take = min(d.batch_prompts, n_prompts - b * d.batch_prompts)
         out = sampler.generate(batch["prompt_tokens_BxT"], batch["prompt_lens_B"],
                                jax.random.fold_in(key, b), num_samples=G, spec=spec)
@@ -189,5 +197,6 @@ def run(cfg: GenerateStageConfig, ctx: Any) -> dict[str, Any]:
     counts["rows"] = len(rows)
     write_atomic(ctx.dir / "data.jsonl", "".join(r + "\n" for r in rows).encode())
     return {"seed": cfg.seed, "model": cfg.model.source, "select": cfg.select, **counts,
+            "data_skipped": pipeline.skipped,
             "correct_rate": counts["correct"] / max(counts["samples"], 1),
             "wall_time_s": round(time.perf_counter() - t0, 2)}

@@ -8,13 +8,16 @@ Data (`data.dataset`):
   'stage:NAME'        the dataset written by an earlier `generate` stage
   any registry name   rlcot.data.registry examples: the template's prompt, the "solution" field
 
-Rows with an empty completion, or longer than `data.max_tokens`, are skipped and counted.
-Batches are a pure function of (seed, step) (rlcot.sft.batches), and the checkpoint holds the
-parameters and optimizer state, so a resumed stage ends bit for bit where an uninterrupted one
-does. With `train.cache`, the trained policy is stored under the toy world's cache directory
-keyed by everything that decides it (the stage's settings, the world, the mesh shape and the
-code), and a later study with the same key loads it instead of training: the toy studies'
-base models are built this way once and shared.
+Rows that are not JSON or not UTF-8, lack a prompt or a completion, have an empty completion,
+or are longer than `data.max_tokens` are skipped and counted (one warning line, and `skipped`
+in summary.json), or stop the stage when `data.on_bad_rows` is 'error'. Batches are a pure
+function of (seed, step) (rlcot.sft.batches), and the checkpoint holds the parameters, the
+optimizer state and the losses of the log window in progress, so a resumed stage ends bit for
+bit where an uninterrupted one does; a stop request (rlcot.preempt) ends it after the current
+step with a checkpoint there. With `train.cache`, the trained policy is stored under the toy
+world's cache directory keyed by everything that decides it (the stage's settings, the world,
+the mesh shape and the code), and a later study with the same key loads it instead of
+training: the toy studies' base models are built this way once and shared.
 """
 
 from __future__ import annotations
@@ -51,10 +54,14 @@ class SFTData:
     template: TemplateConfig = TemplateConfig()
     limit: int | None = None
     max_tokens: int | None = None
+    on_bad_rows: str = "skip"
 
     def __post_init__(self):
         if not self.dataset:
             raise ValueError("data.dataset is empty")
+        if self.on_bad_rows not in ("skip", "error"):
+            raise ValueError(f"data.on_bad_rows must be 'skip' or 'error', got "
+                             f"{self.on_bad_rows!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit must be >= 1 or None, got {self.limit}")
 
@@ -106,6 +113,10 @@ class SFTStageConfig:
         if self.train.cache and self.data.dataset.startswith(("stage:", "jsonl:")):
             raise ValueError(f"train.cache needs data the key can describe, not "
                              f"{self.data.dataset!r}")
+        K, B, k = self.optimizer.micro_batches, self.train.batch_size, self.train.short_rows
+        if K > 1 and not k and B % K:  # (short/long halves are two passes, not micro-batches)
+            raise ValueError(f"train.batch_size {B} does not split into optimizer.micro_batches "
+                             f"{K}: use a multiple of {K}")
 
 
 @jax.tree_util.register_dataclass
@@ -146,10 +157,21 @@ def defaults(**fields: Any) -> Any:
 
 def load_pairs(data: SFTData, world: WorldConfig, study_dir: Path | None
                ) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """(prompt, completion) texts of the stage's dataset, and counts of skipped rows."""
+    """(prompt, completion) texts of the stage's dataset, and counts of the rows skipped, by
+    reason (raises on the first one when data.on_bad_rows is 'error')."""
+    from rlcot.data.base import decode_example
+    from rlcot.data.pipeline import read_records, row_problem
     from rlcot.data.templates import render_prompt
     name = data.dataset
-    skipped = {"empty_completion": 0}
+    rows: list[tuple[str, str]] = []
+    bad: dict[str, list[str]] = {}
+
+    def skip(why: str, where: str) -> None:
+        if data.on_bad_rows == "error":
+            raise ValueError(f"sft data {name!r}: {where}: {why}, and data.on_bad_rows is "
+                             f"'error'; fix the data, or set it to 'skip' to leave such rows out")
+        bad.setdefault(why, []).append(where)
+
     if name == "toyworld_corpus":
         from rlcot.toyworld.corpus import build_corpus
         rows = [(d.prompt, d.completion) for d in build_corpus(world, data.limit)]
@@ -158,28 +180,49 @@ def load_pairs(data: SFTData, world: WorldConfig, study_dir: Path | None
             path = Path(name[len("jsonl:"):]).expanduser()
         else:
             path = Path(study_dir) / name[len("stage:"):] / "data.jsonl"
-        rows = []
-        for i, line in enumerate(path.read_text().splitlines()):
-            if not line.strip():
+        for i, raw in enumerate(path.read_bytes().splitlines()):
+            where = f"{path}:{i + 1}"
+            if not raw.strip():
                 continue
-            row = json.loads(line)
-            if "prompt" not in row or "completion" not in row:
-                raise ValueError(f"{path}:{i + 1}: a row needs 'prompt' and 'completion', "
-                                 f"has {sorted(row)}")
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                skip("not_utf8", where)
+                continue
+            except json.JSONDecodeError:
+                skip("not_json", where)
+                continue
+            why = (row_problem(row, ("prompt",)) if isinstance(row, dict) else "not_an_object")
+            if why is None and not isinstance(row.get("completion"), str):
+                why = "missing_completion"
+            if why is not None:
+                skip(why, where)
+                continue
             rows.append((row["prompt"], row["completion"]))
         rows = rows[:data.limit]
     else:
         from rlcot.world_setup import data_source
         src = data_source(world, name, data.split, data.limit if name == "toyworld" else None)
-        examples = [src[i] for i in range(len(src) if data.limit is None
-                                           else min(len(src), data.limit))]
-        rows = [(render_prompt(data.template, ex), ex.get("solution") or "")
-                for ex in examples]
-    kept = [(p, c) for p, c in rows if c.strip()]
-    skipped["empty_completion"] = len(rows) - len(kept)
+        records = read_records(src)[:data.limit]
+        for i, record in enumerate(records):
+            why = row_problem(record, ("question",))
+            if why is None:
+                ex = decode_example(record)
+                try:
+                    rows.append((render_prompt(data.template, ex), ex.get("solution") or ""))
+                except KeyError as e:
+                    why = f"missing_{e.args[0] if e.args else 'field'}"
+            if why is not None:
+                skip(why, f"{name}/{data.split} row {i}")
+    kept = []
+    for p, c in rows:
+        if c.strip():
+            kept.append((p, c))
+        else:
+            skip("empty_completion", f"completion of {p[:40]!r}")
     if not kept:
         raise ValueError(f"dataset {name!r} has no rows with a completion")
-    return kept, skipped
+    return kept, {why: len(v) for why, v in sorted(bad.items())}
 
 
 def tokenize(pairs: list[tuple[str, str]], tokenizer: Any, max_tokens: int | None,
@@ -200,6 +243,16 @@ def tokenize(pairs: list[tuple[str, str]], tokenizer: Any, max_tokens: int | Non
 
 # ---- the stage --------------------------------------------------------------------------------
 
+def _window_to_json(recent: list[dict[str, Any]]) -> list[dict[str, list]]:
+    """Per-step metrics as JSON: [value, dtype] pairs, which restore bit for bit."""
+    return [{k: [np.asarray(v).item(), str(np.asarray(v).dtype)] for k, v in r.items()}
+            for r in jax.device_get(recent)]
+
+
+def _window_from_json(saved: list[dict[str, list]]) -> list[dict[str, np.ndarray]]:
+    return [{k: np.asarray(v, dtype=d) for k, (v, d) in r.items()} for r in saved]
+
+
 def _cache_key(cfg: SFTStageConfig, mesh_shape: dict[str, int]) -> str:
     from rlcot.toyworld import cache
     package = Path(__file__).parents[1]
@@ -209,9 +262,10 @@ def _cache_key(cfg: SFTStageConfig, mesh_shape: dict[str, int]) -> str:
 
 
 def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
-    from rlcot import sources, world_setup
+    from rlcot import preempt, sources, world_setup
     from rlcot.checkpoint import Checkpointer
     from rlcot.rl.logprobs import batch_sharding, row_shards
+    from rlcot.sharding import TRAIN_RULES, state_shardings
     from rlcot.toyworld import cache
     from rlcot.workdir import MetricsWriter, Progress, read_metrics, write_json
 
@@ -250,22 +304,35 @@ def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
 
     # ---- Data, optimizer, resume -----------------------------------------------------------
     pairs, skipped = load_pairs(cfg.data, cfg.world, ctx.study_dir)
+    total = len(pairs) + sum(skipped.values())
     prompts, completions, lengths, too_long = tokenize(pairs, tok, cfg.data.max_tokens,
                                                        policy.cfg.max_position)
-    skipped["too_long"] = too_long
-    if any(skipped.values()):
-        log.warning("sft data %s: skipped %s of %d rows", cfg.data.dataset, skipped, len(pairs))
+    if too_long:
+        limit = min(cfg.data.max_tokens or policy.cfg.max_position, policy.cfg.max_position)
+        if cfg.data.on_bad_rows == "error":
+            raise ValueError(f"sft data {cfg.data.dataset!r}: {too_long} rows are longer than "
+                             f"{limit} tokens (data.max_tokens, the model's context), and "
+                             f"data.on_bad_rows is 'error'")
+        skipped["too_long"] = too_long
+    if skipped:
+        log.warning("sft data %s: skipped %d of %d rows: %s", cfg.data.dataset,
+                    sum(skipped.values()), total, skipped)
     opt_cfg = cfg.optimizer
     if opt_cfg.total_steps is None:
         opt_cfg = dataclasses.replace(opt_cfg, total_steps=steps)
     optimizer = sft.make_optimizer(opt_cfg)
     step_fn = sft.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat)
     state = SFTState(policy.params, optimizer.init(policy.params))
+    # Everything onto the mesh (the optimizer's step count lands on one device otherwise), so
+    # that a restored state, whose arrays keep the shardings they are restored into, fits the
+    # compiled step as a fresh one does.
+    state = jax.device_put(state, state_shardings(state, mesh, TRAIN_RULES))
     ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)
-    start = 0
-    restored = ckpt.restore(state)
+    start, window = 0, []
+    restored = ckpt.restore(state, fallback=True)  # a damaged latest one: the one before
     if restored is not None:
-        start, state, _ = restored
+        start, state, meta = restored
+        window = _window_from_json(meta.get("window", []))
         log.info("resumed from step %d", start)
     order = sft.batches(lengths, cfg.train.batch_size, steps, cfg.seed, cfg.train.sort_group)
     shards = row_shards(mesh)
@@ -281,9 +348,29 @@ def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     # ---- The loop ---------------------------------------------------------------------------
     writer = MetricsWriter(workdir, resume_step=start if restored else None)
     progress = Progress(steps, initial=start, keys=("loss",), desc=ctx.name)
-    t_train, recent = time.perf_counter(), []
+    # recent: the metrics of the steps since the last logged row (their mean is the next row),
+    # kept in every checkpoint so that a resumed stage logs the same means.
+    t_train, recent = time.perf_counter(), window
     params, opt_state = state.params, state.opt_state
+    saved = start if restored is not None else None
+
+    def save(done: int) -> None:
+        nonlocal saved
+        ckpt.save(done, SFTState(params, opt_state),
+                  {"step": done, "window": _window_to_json(recent)})
+        saved = done
+
+    def close() -> None:
+        ckpt.close()
+        writer.close()
+        progress.close()
+
     for i in range(start, steps):
+        if preempt.stop_requested():  # a checkpoint here (none at step 0: nothing to keep)
+            if i > 0 and saved != i:
+                save(i)
+            close()
+            raise preempt.Preempted(f"stage {ctx.name}", i)
         idx = order[i]
         batch = (collate(idx[:k]), collate(idx[k:])) if k else collate(idx)
         params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch)
@@ -301,10 +388,8 @@ def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
             log.info("%s: step %d/%d loss %.4f", ctx.name, done, steps, row["loss"])
         progress.update({"loss": float(metrics["loss"])} if done % 10 == 0 else {})
         if done % cfg.train.checkpoint_every == 0 or done == steps:
-            ckpt.save(done, SFTState(params, opt_state), {"step": done})
-    ckpt.close()
-    writer.close()
-    progress.close()
+            save(done)
+    close()
     params = jax.block_until_ready(params)
     train_s = time.perf_counter() - t_train
     rows_ = read_metrics(workdir)

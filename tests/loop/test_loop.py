@@ -1,5 +1,6 @@
 """End to end: a tiny toy study (base sft -> rl) trains, writes its workdir, and resumes
-exactly (same numbers); a three-stage study (sft -> rl -> rl) survives SIGKILL."""
+exactly (same numbers) after a stop request and a damaged checkpoint; a three-stage study
+(sft -> rl -> rl) survives SIGKILL; stops inside sft and generate stages resume exactly."""
 
 import json
 import math
@@ -92,19 +93,56 @@ def test_workdir_is_self_describing(full_run):
     assert summary["stages"]["base"]["finished"] and not summary["stages"]["base"]["cached"]
 
 
-def test_resume_gives_the_same_numbers(full_run, tmp_path):
+def _signal_at(path, step, sig=signal.SIGTERM):
+    """A thread that sends this process `sig` once metrics.jsonl at `path` reaches `step`."""
+    import threading
+
+    def watch():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if path.is_file() and any(json.loads(x)["step"] >= step
+                                      for x in path.read_text().splitlines() if x.strip()):
+                os.kill(os.getpid(), sig)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_stopped_and_damaged_resumes_to_the_same_numbers(full_run, tmp_path, caplog):
+    """SIGTERM inside the rl stage: it stops at a step boundary with a checkpoint and raises
+    Preempted (the command's exit status 75), unfinished. Its latest checkpoint is then
+    truncated: the same call falls back to the one before, says why, and ends with the
+    uninterrupted run's metrics and parameters."""
+    from rlcot import preempt
     from rlcot.study import run
     workdir, _ = full_run
-    run(tiny_config(2), tmp_path)        # "interrupted" after step 2 (checkpointed) ...
-    (tmp_path / "rl" / "summary.json").unlink()  # ... before the stage was marked finished
-    run(tiny_config(4), tmp_path)        # the same command resumes at step 2
-    a, b = read_metrics(workdir / "rl"), read_metrics(tmp_path / "rl")
-    # The interrupted run's step-2 row carries an end-of-run evaluation the full run did not
-    # do at step 2; training numbers must agree everywhere.
+    watcher = _signal_at(tmp_path / "rl" / "metrics.jsonl", 2)
+    with pytest.raises(preempt.Preempted, match="stage rl stopped at step [23] on SIGTERM"):
+        run(tiny_config(4), tmp_path)
+    watcher.join()
+    rl = tmp_path / "rl"
+    assert not (rl / "summary.json").exists()
+    assert not json.loads((tmp_path / "summary.json").read_text())["finished"]
+    steps = sorted(int(p.name) for p in (rl / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] in (2, 3) and read_metrics(rl)[-1]["step"] == steps[-1]
+    data = max((p for p in (rl / "checkpoints" / str(steps[-1]) / "state").rglob("*")
+                if p.is_file()), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:64])  # a truncated array file
+    with caplog.at_level("WARNING", logger="rlcot.checkpoint"):
+        run(tiny_config(4), tmp_path)  # the same call resumes
+    assert f"checkpoints/{steps[-1]} is damaged: state/" in caplog.text
+    assert f"resuming from step {steps[-1] - 1}" in caplog.text
+    assert (rl / "checkpoints.damaged" / str(steps[-1])).is_dir()
+    a, b = read_metrics(workdir / "rl"), read_metrics(rl)
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
-    train_keys = lambda r: {k: v for k, v in r.items() if not k.startswith("eval/")}  # noqa: E731
-    assert _comparable(map(train_keys, a)) == _comparable(map(train_keys, b))
-    assert _comparable([a[-1]]) == _comparable([b[-1]])
+    assert _comparable(a) == _comparable(b)
+    for x, y in zip(_params(workdir / "rl"), _params(rl)):
+        assert np.array_equal(x, y)
+    summary = json.loads((rl / "summary.json").read_text())
+    assert summary["resumed_from_step"] == steps[-1] - 1 and "health" in summary
     # The base stage came from the cache the second time: the same parameters bit for bit.
     assert json.loads((tmp_path / "base" / "summary.json").read_text())["cached"]
 
@@ -162,3 +200,63 @@ def test_sigkill_inside_the_second_stage_resumes_exactly(tmp_path):
         assert _comparable(a) == _comparable(b), stage
         for x, y in zip(_params(tmp_path / "whole" / stage), _params(tmp_path / "killed" / stage)):
             assert np.array_equal(x, y), stage
+
+
+@pytest.mark.slow
+def test_a_stopped_sft_stage_resumes_exactly(full_run, tmp_path, monkeypatch):
+    """SIGTERM inside the base (sft) stage after its 13th step, between two logged rows (every
+    10 steps): the checkpoint at step 13 keeps the losses of steps 11-13, so the resumed stage
+    logs the same means at step 20."""
+    from rlcot import preempt, sft
+    from rlcot.study import run
+    workdir, _ = full_run
+    c = tiny_config(1)
+    c.stage_order = ("base",)
+    del c.stages["rl"]
+    c.stages.base.train.cache = False
+    make = sft.make_train_step
+
+    def make_counting(*args, **kwargs):
+        step_fn, calls = make(*args, **kwargs), []
+
+        def counted(*a):
+            out = step_fn(*a)
+            calls.append(1)
+            if len(calls) == 13:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+        return counted
+
+    monkeypatch.setattr(sft, "make_train_step", make_counting)
+    with pytest.raises(preempt.Preempted, match="stage base stopped at step 13 on SIGTERM"):
+        run(c, tmp_path)
+    monkeypatch.setattr(sft, "make_train_step", make)
+    steps = sorted(int(p.name) for p in (tmp_path / "base" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert steps == [10, 13] and [r["step"] for r in read_metrics(tmp_path / "base")] == [10]
+    run(c, tmp_path)
+    a, b = read_metrics(workdir / "base"), read_metrics(tmp_path / "base")
+    assert _comparable(a) == _comparable(b) and [r["step"] for r in b] == [10, 20, 30]
+    for x, y in zip(_params(workdir / "base"), _params(tmp_path / "base")):
+        assert np.array_equal(x, y)
+    assert json.loads((tmp_path / "base" / "summary.json").read_text())["resumed_from_step"] == 13
+
+
+@pytest.mark.slow
+def test_kill_resume_script(tmp_path):
+    """scripts/kill_resume.py: two cycles (a kill during a checkpoint save, a SIGKILL at a
+    random time) on the three-stage study, both identical to the uninterrupted run."""
+    exp = tmp_path / "exp.py"
+    exp.write_text("from tests.loop.test_loop import tiny_config\n"
+                   "def get_config(arg=None):\n    return tiny_config(3, second_rl_steps=2)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RLCOT_TOYWORLD_CACHE",
+                                                            "JAX_COMPILATION_CACHE_DIR")}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "kill_resume.py"),
+                          f"--config={exp}", "--cycles=2", f"--root={tmp_path / 'runs'}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert "a second uninterrupted run is identical" in lines[1]
+    assert lines[2].startswith("cycle  1/2: SIGKILL in a save") and lines[3].startswith(
+        "cycle  2/2: SIGKILL at")
+    assert lines[-1].startswith("2 of 2 cycles identical to the uninterrupted run")

@@ -125,6 +125,38 @@ def test_eval_command_on_a_stage(chain, capsys):
     assert "toyworld:test" in result.to_markdown()
 
 
+@pytest.mark.slow
+def test_a_stopped_generate_stage_resumes_exactly(chain, tmp_path, monkeypatch):
+    """A stop request while the generate stage writes its first part: it stops before the
+    next batch (Preempted, unfinished), and the resumed stage writes the same dataset."""
+    import os
+    import signal
+
+    from rlcot import preempt
+    from rlcot.toyworld import cache
+    workdir, _, c = chain
+    c = c.copy_and_resolve_references()
+    c.stage_order = ("base", "gen")
+    for name in ("sft", "final"):
+        del c.stages[name]
+    write = cache.write_atomic
+
+    def write_then_stop(path, data):  # SIGTERM right after the first part is written
+        write(path, data)
+        if path.name == "batch000000.jsonl":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cache, "write_atomic", write_then_stop)
+    with pytest.raises(preempt.Preempted, match="stage gen stopped at step 1 on SIGTERM"):
+        study.run(c, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "gen" / "parts").iterdir()) == ["batch000000.jsonl"]
+    assert not (tmp_path / "gen" / "summary.json").exists()
+    monkeypatch.setattr(cache, "write_atomic", write)
+    study.run(c, tmp_path)
+    assert (tmp_path / "gen" / "data.jsonl").read_bytes() == (
+        workdir / "gen" / "data.jsonl").read_bytes()
+
+
 def test_export_loads_in_transformers(chain, tmp_path):
     from rlcot import sources
     from rlcot.export import export

@@ -1,0 +1,127 @@
+"""Checks of a study that run before any stage loads a model or compiles: settings that cannot
+work together fail here, naming the stage, the key and what is allowed.
+
+A stage's own sections are checked when it is resolved (e.g. rlcot.run_config.check_choices:
+group estimators with one sample, gae without a value model, a reference without a KL); these
+checks need more than the config: the devices (batch rows over the mesh), the model sources
+(context length) and the datasets' fields (what the rewards read). The study runs them after
+its plan and tokenizer checks (rlcot.study.run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def reward_needs(rewards: Mapping[str, Any]) -> list[tuple[str, str, tuple[tuple[str, ...], ...]]]:
+    """(label, reward, alternatives) per reward term that reads example fields: each example
+    must have every field of at least one alternative."""
+    from rlcot.rewards.registry import REWARDS, parse_reward_spec
+    out = []
+    for t in parse_reward_spec(rewards):
+        alts = _fields_read(t.reward, t.params)
+        if not alts and t.accuracy in REWARDS:  # correctness judged by a reward of its own
+            alts = _fields_read(t.accuracy, {})
+        if alts:
+            out.append((t.label, t.reward, alts))
+    return out
+
+
+def _fields_read(reward: str, params: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
+    if reward == "math_accuracy":
+        return ((params.get("answer_key", "answer"),),)
+    if reward == "code_tests":
+        return (("tests",), ("test", "entry_point"))
+    return ()
+
+
+def required_fields(rewards: Mapping[str, Any]) -> tuple[str, ...]:
+    """Fields every row must have, non-empty, for the rewards to judge it (a row with an empty
+    gold answer can never be scored right): the data pipeline skips rows without them."""
+    return tuple(dict.fromkeys(alts[0][0] for _, _, alts in reward_needs(rewards)
+                               if len(alts) == 1 and len(alts[0]) == 1))
+
+
+def dataset_fields(dataset: str, world: Any) -> tuple[str, ...] | None:
+    """The fields of a prompt dataset's examples (None: not known without reading it)."""
+    from rlcot.world_setup import TOY_DATASETS, data_source
+    if dataset in TOY_DATASETS:
+        return tuple(data_source(world, dataset, "test", 1)[0])
+    from rlcot.data import registry
+    if dataset in registry.DATASETS:
+        return registry.fields(dataset)
+    return None
+
+
+def model_context(source: str, overrides: Mapping[str, Any], stages: Mapping[str, Any],
+                  resolver: Any) -> int | None:
+    """The max_position of a model source, where it is cheap to know: presets (with their
+    config overrides), earlier stages of the study, finished stage directories and local
+    Hugging Face directories. None otherwise."""
+    from rlcot.sources import read_model_card, split_source
+    kind, rest = split_source(source)
+    if kind == "preset":
+        from rlcot.models.presets import get_config
+        fields = {k: v for k, v in overrides.items() if k != "vocab_size"}
+        return get_config(rest, **fields).max_position
+    if kind == "stage" and rest in stages:
+        model = getattr(stages[rest].cfg, "model", None)
+        return None if model is None else model_context(model.source, model.overrides(),
+                                                        stages, resolver)
+    if kind == "workdir":
+        return int(read_model_card(resolver.directory(source))["config"]["max_position"])
+    if kind == "hf" and (Path(rest).expanduser() / "config.json").is_file():
+        config = json.loads((Path(rest).expanduser() / "config.json").read_text())
+        config = config.get("text_config", config)
+        return int(config.get("max_position_embeddings", 8192))
+    return None
+
+
+def check_plan(plan: Any, resolver: Any) -> None:
+    """Every stage of a study plan (rlcot.study.Plan) against the devices, its model source's
+    context and its dataset's fields; raises ValueError naming the stage and the keys."""
+    earlier: dict[str, Any] = {}
+    for st in plan.stages:
+        try:
+            _check_stage(st, earlier, resolver)
+        except ValueError as e:
+            raise ValueError(f"stage {st.name!r} ({st.kind}): {e}") from e
+        earlier[st.name] = st
+
+
+def _check_stage(st: Any, earlier: Mapping[str, Any], resolver: Any) -> None:
+    cfg = st.cfg
+    data, rollout, rewards = (getattr(cfg, k, None) for k in ("data", "rollout", "rewards"))
+    if st.kind == "rl":
+        from rlcot.rl.logprobs import row_shards
+        from rlcot.sharding import TRAIN_RULES
+        rows, shards = data.batch_prompts * rollout.num_samples, row_shards(cfg.mesh.make(),
+                                                                            TRAIN_RULES)
+        learner = cfg.learner
+        if rows % (learner.minibatches * learner.micro_batches * shards):
+            raise ValueError(
+                f"data.batch_prompts x rollout.num_samples = {data.batch_prompts} x "
+                f"{rollout.num_samples} = {rows} rows do not split into learner.minibatches "
+                f"({learner.minibatches}) x learner.micro_batches ({learner.micro_batches}) x "
+                f"{shards} batch shards of the mesh (mesh data x fsdp over the devices): use "
+                f"a multiple of {learner.minibatches * learner.micro_batches * shards}")
+    if rollout is not None and data is not None:
+        context = model_context(cfg.model.source, cfg.model.overrides(), earlier, resolver)
+        prompt = data.max_prompt_tokens or 0
+        if context is not None and prompt + rollout.max_new_tokens > context:
+            limit = (f"data.max_prompt_tokens ({prompt}) + " if prompt else "")
+            raise ValueError(
+                f"{limit}rollout.max_new_tokens ({rollout.max_new_tokens}) is beyond the "
+                f"context of model {cfg.model.source!r} ({context} positions): lower them so "
+                f"that they sum to at most {context}")
+    if rewards and data is not None:
+        fields = dataset_fields(data.dataset, cfg.world)
+        for label, reward, alts in ([] if fields is None else reward_needs(rewards)):
+            if not any(set(a) <= set(fields) for a in alts):
+                want = " or ".join("+".join(repr(f) for f in a) for a in alts)
+                raise ValueError(
+                    f"reward term {label!r} ({reward}) reads the field {want} of each example, "
+                    f"which data.dataset {data.dataset!r} does not have (its fields: "
+                    f"{list(fields)}); use a reward for this dataset, or a dataset with it")
