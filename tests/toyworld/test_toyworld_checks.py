@@ -92,3 +92,28 @@ def test_summarize_rates_by_hand():
     assert math.isnan(summarize([GOOD], ["612"])["accuracy_with_check"])
     with pytest.raises(ValueError, match="2 completions but 1 answers"):
         summarize([GOOD, GOOD], ["612"])
+
+
+def test_eval_extras_per_pass_by_hand():
+    """The toy world's behaviours of each evaluation pass (rlcot.world_setup.eval_extras)."""
+    from types import SimpleNamespace
+
+    from rlcot.world_setup import eval_extras
+    english = "<think> first 1+2=3 so 3. check first 1+2=3 so 3. </think> <answer> 3 </answer>"
+    mixed = "<think> first 1+2=3 so 3. проверка первый 1+2=3 итак 3. </think> <answer> 3 </answer>"
+    plain = "the answer is 3."
+    records = ([{"pass": "greedy", "completion": c} for c in (english, plain)]
+               + [{"pass": "sampled", "completion": c} for c in (english, mixed, mixed, plain)])
+    bench = SimpleNamespace(label="toyworld:test", records=records)
+    out = eval_extras(SimpleNamespace(benchmarks={"toyworld:test": bench}))
+    # mixed: 3 of its 5 words (first so | проверка первый итак) are in the second language.
+    assert out == {
+        "eval/toyworld:test/greedy/check_rate": 0.5,
+        "eval/toyworld:test/greedy/second_language": 0.0,
+        "eval/toyworld:test/greedy/mixed_rate": 0.0,
+        "eval/toyworld:test/sampled/check_rate": 0.75,
+        "eval/toyworld:test/sampled/second_language": pytest.approx((0.6 + 0.6) / 4),
+        "eval/toyworld:test/sampled/mixed_rate": 0.5,
+    }
+    other = SimpleNamespace(label="gsm8k:test", records=records)
+    assert eval_extras(SimpleNamespace(benchmarks={"gsm8k:test": other})) == {}
