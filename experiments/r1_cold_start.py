@@ -69,8 +69,9 @@ sampled) and RL does not bring it back, with or without the language reward: in 
 the cold start alone does the work, and the language reward (cold_lang) has nothing left to
 remove (0.0%, accuracy 98.4% vs 96.1% for zero, 100.0% for cold). The reward alone, without
 the cold start (zero_lang), does not prevent the mixing within 40 steps (47.7% greedy, 29.4%
-sampled, falling from 59.1% / 38.1% at step 30) and slows learning (90.2% greedy): the
-policy has almost no English checking to reinforce. Time (the machine was shared, so
+sampled, falling from 59.1% / 38.1% at step 30) and costs accuracy: the policy has almost no
+English checking to reinforce, so between steps 30 and 40 it trades Cyrillic checks for no
+checks (greedy checking 100% -> 82%, greedy accuracy 99.2% -> 90.2%). Time (the machine was shared, so
 wall-clock times are upper bounds): base stage 486 s (once), cold start 94-99 s, rl stage
 338-381 s per arm (update 50-57%, evaluation 14-26%, rollout 13-16%, log-probs 11-13%).
 Re-running cold_lang at seed 0 in a new directory (the base model from the cache) gave the
