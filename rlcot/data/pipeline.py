@@ -107,9 +107,10 @@ def left_pad(ids: Sequence[Sequence[int]], pad_id: int,
     return tokens_BxT, lens_B
 
 
-def read_records(source: Sequence[Any]) -> list[Any]:
-    """Every record of a random-access source as stored (text may be bytes), in row order."""
-    n = len(source)
+def read_records(source: Sequence[Any], limit: int | None = None) -> list[Any]:
+    """The records of a random-access source as stored (text may be bytes), in row order: all
+    of them, or the first `limit`."""
+    n = len(source) if limit is None else min(len(source), limit)
     getitems = getattr(source, "__getitems__", None)
     out = []
     for start in range(0, n, _READ_CHUNK):

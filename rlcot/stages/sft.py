@@ -203,8 +203,7 @@ def load_pairs(data: SFTData, world: WorldConfig, study_dir: Path | None
     else:
         from rlcot.world_setup import data_source
         src = data_source(world, name, data.split, data.limit if name == "toyworld" else None)
-        records = read_records(src)[:data.limit]
-        for i, record in enumerate(records):
+        for i, record in enumerate(read_records(src, data.limit)):
             why = row_problem(record, ("question",))
             if why is None:
                 ex = decode_example(record)

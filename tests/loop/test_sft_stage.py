@@ -50,3 +50,13 @@ def test_the_log_window_restores_bit_for_bit():
         a = np.mean([r[key] for r in window])
         b = np.mean([r[key] for r in back])
         assert a.dtype == b.dtype == np.float32 and a.tobytes() == b.tobytes()
+
+
+def test_dataset_rows_become_prompt_and_solution_pairs():
+    from rlcot.data.templates import TemplateConfig
+    data = SFTData(dataset="toyworld", limit=5, template=TemplateConfig("r1_zero", instruction=""))
+    pairs, skipped = load_pairs(data, WorldConfig(), None)
+    assert len(pairs) == 5 and skipped == {}
+    from rlcot.toyworld.dataset import ToyWorldSource
+    first = ToyWorldSource(WorldConfig(), "train", 1)[0]
+    assert first["question"] in pairs[0][0] and pairs[0][1] == first["solution"]
