@@ -173,12 +173,14 @@ def _tiny(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
     """A few small steps on a small, quickly pre-trained base model (a smoke test)."""
     c.world.corpus_size = 2000
     base = c.stages.base
-    base.train.steps, base.train.batch_size, base.train.short_rows = 30, 16, 8
+    # One padded width per SFT stage (every document fits in 256 tokens): one compilation
+    # each instead of one per length bucket.
+    base.train.update(steps=30, batch_size=16, short_rows=0, length_multiple=256)
     base.optimizer.warmup_steps = 5
     if "cold" in c.stages:
         c.stages.cold.data.limit = 32
-        c.stages.cold.train.steps, c.stages.cold.train.batch_size = 5, 8
-        c.stages.cold.train.checkpoint_every = 5
+        c.stages.cold.train.update(steps=5, batch_size=8, checkpoint_every=5,
+                                   length_multiple=256)
         c.stages.cold.optimizer.warmup_steps = 1
     c.data.batch_prompts = 4
     c.rollout.num_samples = 4
