@@ -15,7 +15,7 @@ Arms, all from the same cached base model (argument `FILE:ARM[,tiny|,qwen]`):
 Commands (2 CPU cores; the base model is built by the first point and cached for all others;
 --parallel 2 gives each point one core):
 
-    python -m rlcot.main run   --config experiments/r1_cold_start.py:zero --workdir runs/r1_cold_start/zero/seed_0 --stage base
+    python -m rlcot.main run   --config experiments/r1_cold_start.py:zero --workdir runs/r1_cold_start/zero/seed_0 --config.seed=0 --stage base
     python -m rlcot.main sweep --config experiments/r1_cold_start.py --root runs/r1_cold_start --parallel 2
     python -m rlcot.main table --config experiments/r1_cold_start.py --root runs/r1_cold_start
     python -m rlcot.main plot  --config experiments/r1_cold_start.py --root runs/r1_cold_start
