@@ -149,6 +149,7 @@ def defaults(**fields: Any) -> Any:
     base = run_config._as_config(SFTStageConfig(model=run_config.ModelSection("preset:tiny")))
     for k in ("seed", "mesh", "world"):  # inherited from the study unless the stage sets them
         del base[k]
+    del base.model["source"]  # unless given: the previous model stage (the study fills it in)
     values = deep_merge(base.to_dict(), run_config._plain(fields))
     return config_dict.ConfigDict({"kind": "sft", **values})
 

@@ -90,8 +90,8 @@ def chain(tmp_path_factory):
         "generate", prompts=8, select="all", correct_by="r1_format", correct_threshold=1.0,
         rewards={"r1_format": 1.0}, rollout={"num_samples": 4, "max_new_tokens": 32},
         model={"source": "stage:base"})
-    c.stages.sft = stages.defaults(
-        "sft", model={"source": "stage:base"}, data={"dataset": "stage:gen"},
+    c.stages.sft = stages.defaults(  # its model: the previous model stage (base)
+        "sft", data={"dataset": "stage:gen"},
         optimizer={"learning_rate": 1e-3},
         train={"steps": 2, "batch_size": 8, "log_every": 1, "checkpoint_every": 1})
     c.stages.final = stages.defaults("eval")
@@ -110,6 +110,8 @@ def test_generate_then_sft_then_eval(chain):
     sft_rows = [json.loads(x) for x in (workdir / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in sft_rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in sft_rows)
     # The eval stage evaluated the sft stage's output (the previous model).
+    assert json.loads((workdir / "sft" / "config.json").read_text())["model"]["source"] == (
+        "stage:base")
     final = json.loads((workdir / "final" / "summary.json").read_text())
     assert final["model"] == "stage:sft" and "toyworld:test/greedy/pass@1" in final["eval_after"]
     assert (workdir / "final" / "eval.md").is_file()
