@@ -70,7 +70,9 @@ class SFTData:
 class SFTTrain:
     """batch_size rows per step; each batch's `short_rows` shortest rows and its other rows are
     padded separately (to multiples of length_multiple) and go through one update together;
-    sort_group > 1 sorts groups of that many batches by length."""
+    sort_group > 1 sorts groups of that many batches by length. pack_length: instead, pack
+    examples into batch_size rows of pack_length tokens per step (rlcot.sft.pack_plan: each
+    example attends only to itself), so a step takes as many examples as fit."""
     steps: int = 1000
     batch_size: int = 64
     length_multiple: int = 16
@@ -80,6 +82,7 @@ class SFTTrain:
     keep_checkpoints: int = 2
     log_every: int = 50
     cache: bool = False
+    pack_length: int | None = None
 
     def __post_init__(self):
         for f in ("steps", "batch_size", "length_multiple", "sort_group", "checkpoint_every",
@@ -89,6 +92,9 @@ class SFTTrain:
         if not 0 <= self.short_rows < self.batch_size:
             raise ValueError(f"train.short_rows must be in [0, batch_size={self.batch_size}), "
                              f"got {self.short_rows}")
+        if self.pack_length is not None and (self.pack_length < 1 or self.short_rows):
+            raise ValueError(f"train.pack_length must be >= 1 and excludes short_rows, got "
+                             f"pack_length={self.pack_length} short_rows={self.short_rows}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,10 +311,12 @@ def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     # ---- Data, optimizer, resume -----------------------------------------------------------
     pairs, skipped = load_pairs(cfg.data, cfg.world, ctx.study_dir)
     total = len(pairs) + sum(skipped.values())
-    prompts, completions, lengths, too_long = tokenize(pairs, tok, cfg.data.max_tokens,
+    max_tokens = min(x for x in (cfg.data.max_tokens, cfg.train.pack_length,
+                                 policy.cfg.max_position) if x)  # a row holds a whole example
+    prompts, completions, lengths, too_long = tokenize(pairs, tok, max_tokens,
                                                        policy.cfg.max_position)
     if too_long:
-        limit = min(cfg.data.max_tokens or policy.cfg.max_position, policy.cfg.max_position)
+        limit = max_tokens
         if cfg.data.on_bad_rows == "error":
             raise ValueError(f"sft data {cfg.data.dataset!r}: {too_long} rows are longer than "
                              f"{limit} tokens (data.max_tokens, the model's context), and "
@@ -334,12 +342,20 @@ def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
         start, state, meta = restored
         window = _window_from_json(meta.get("window", []))
         log.info("resumed from step %d", start)
-    order = sft.batches(lengths, cfg.train.batch_size, steps, cfg.seed, cfg.train.sort_group)
+    packed = cfg.train.pack_length is not None
+    order = (sft.pack_plan(lengths, cfg.train.batch_size, cfg.train.pack_length, steps,
+                           cfg.seed) if packed else
+             sft.batches(lengths, cfg.train.batch_size, steps, cfg.seed, cfg.train.sort_group))
     shards = row_shards(mesh)
     rows = batch_sharding(mesh)
     m, k = cfg.train.length_multiple, cfg.train.short_rows
 
     def collate(idx):
+        if packed:  # idx: rows of example indices
+            b = sft.collate_packed([[(prompts[j], completions[j]) for j in row] for row in idx],
+                                   width=cfg.train.pack_length, pad_id=tok.pad_id,
+                                   eos_id=tok.eos_id)
+            return jax.device_put(b, rows) if len(idx) % shards == 0 else b
         width = -(-int(lengths[idx].max()) // m) * m
         b = sft.collate([(prompts[j], completions[j]) for j in idx], pad_id=tok.pad_id,
                         eos_id=tok.eos_id, length=width)
@@ -372,6 +388,8 @@ def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
             close()
             raise preempt.Preempted(f"stage {ctx.name}", i)
         idx = order[i]
+        if packed and len(idx) < cfg.train.batch_size:  # fewer rows than asked: pad with
+            idx = idx + [[] for _ in range(cfg.train.batch_size - len(idx))]  # empty ones
         batch = (collate(idx[:k]), collate(idx[k:])) if k else collate(idx)
         params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch)
         recent.append(metrics)

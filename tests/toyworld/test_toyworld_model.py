@@ -19,7 +19,7 @@ from rlcot.toyworld.tasks import TaskConfig
 WORLD = WorldConfig(task=TaskConfig(min_digits=2, max_digits=2), corpus_size=64)
 
 
-def small_study(seed: int = 0) -> mlc.ConfigDict:
+def small_study(seed: int = 0, **train) -> mlc.ConfigDict:
     """One stage: the base model with one layer of width 32, 3 steps, one padded width (64)."""
     c = mlc.ConfigDict()
     c.world = dict(task=dict(min_digits=2, max_digits=2), corpus_size=64)
@@ -29,8 +29,8 @@ def small_study(seed: int = 0) -> mlc.ConfigDict:
         model=dict(config=dict(n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, head_dim=16,
                                mlp_dim=64, max_position=192)),
         optimizer=dict(warmup_steps=1),
-        train=dict(steps=3, batch_size=8, length_multiple=64, short_rows=4, log_every=1,
-                   checkpoint_every=2)))
+        train=dict(dict(steps=3, batch_size=8, length_multiple=64, short_rows=4, log_every=1,
+                        checkpoint_every=2), **train)))
     return c
 
 
@@ -117,3 +117,17 @@ def test_batches_cover_the_corpus_and_sort_lengths():
     assert [b.tolist() for b in out] == [b.tolist() for b in again]
     with pytest.raises(ValueError, match="fewer than batch_size"):
         batches(lengths[:3], 4, 1, seed=0)
+
+
+def test_packed_base_stage_wastes_fewer_slots(base, tmp_path):
+    """train.pack_length: 2 rows of 192 tokens per step carry as many examples as 8 rows
+    padded to 64 with far fewer padded slots, and the stage trains and finishes."""
+    from rlcot.study import run
+    from rlcot.workdir import read_metrics
+    trained_dir, _ = base
+    run(small_study(batch_size=2, short_rows=0, pack_length=192, cache=False), tmp_path / "p")
+    packed, padded = read_metrics(tmp_path / "p" / "base"), read_metrics(trained_dir)
+    assert [r["step"] for r in packed] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) for r in packed)
+    # Target tokens per token slot: packed 2 x 192 slots against padded 8 x 64.
+    assert packed[0]["target_tokens"] / (2 * 192) > 1.2 * padded[0]["target_tokens"] / (8 * 64)
