@@ -14,34 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-
-def reward_needs(rewards: Mapping[str, Any]) -> list[tuple[str, str, tuple[tuple[str, ...], ...]]]:
-    """(label, reward, alternatives) per reward term that reads example fields: each example
-    must have every field of at least one alternative."""
-    from rlcot.rewards.registry import REWARDS, parse_reward_spec
-    out = []
-    for t in parse_reward_spec(rewards):
-        alts = _fields_read(t.reward, t.params)
-        if not alts and t.accuracy in REWARDS:  # correctness judged by a reward of its own
-            alts = _fields_read(t.accuracy, {})
-        if alts:
-            out.append((t.label, t.reward, alts))
-    return out
-
-
-def _fields_read(reward: str, params: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
-    if reward == "math_accuracy":
-        return ((params.get("answer_key", "answer"),),)
-    if reward == "code_tests":
-        return (("tests",), ("test", "entry_point"))
-    return ()
-
-
-def required_fields(rewards: Mapping[str, Any]) -> tuple[str, ...]:
-    """Fields every row must have, non-empty, for the rewards to judge it (a row with an empty
-    gold answer can never be scored right): the data pipeline skips rows without them."""
-    return tuple(dict.fromkeys(alts[0][0] for _, _, alts in reward_needs(rewards)
-                               if len(alts) == 1 and len(alts[0]) == 1))
+from rlcot.rewards.registry import reward_needs
 
 
 def dataset_fields(dataset: str, world: Any) -> tuple[str, ...] | None:

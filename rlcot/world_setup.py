@@ -38,7 +38,7 @@ def data_source(world: Any, dataset: str, split: str, size: int | None = None) -
 
 def train_pipeline(rc: RunConfig, tokenizer: Any) -> Any:
     from rlcot.data.pipeline import PipelineConfig, PromptPipeline
-    from rlcot.preflight import required_fields
+    from rlcot.rewards.registry import required_fields
     d = rc.data
     cfg = PipelineConfig(batch_size=d.batch_prompts, template=d.template,
                          max_prompt_tokens=d.max_prompt_tokens, shuffle=d.shuffle, seed=rc.seed,

@@ -111,7 +111,8 @@ def rows_for_prompt(prompt: str, texts: list[str], lengths: np.ndarray, correct:
 def run(cfg: GenerateStageConfig, ctx: Any) -> dict[str, Any]:
     import jax
 
-    from rlcot import preempt, preflight, world_setup
+    from rlcot import preempt, world_setup
+    from rlcot.rewards.registry import required_fields
     from rlcot.toyworld.cache import write_atomic
     from rlcot.data.pipeline import PipelineConfig, PromptPipeline
     from rlcot.rewards import RewardCombiner, RewardInput
@@ -130,7 +131,7 @@ def run(cfg: GenerateStageConfig, ctx: Any) -> dict[str, Any]:
         PipelineConfig(batch_size=d.batch_prompts, template=d.template,
                        max_prompt_tokens=d.max_prompt_tokens, shuffle=d.shuffle, seed=cfg.seed,
                        num_epochs=1, drop_remainder=False, on_bad_rows=d.on_bad_rows,
-                       required_fields=preflight.required_fields(cfg.rewards)),
+                       required_fields=required_fields(cfg.rewards)),
         label=f"{d.dataset}/{d.split}")
     n_prompts = pipeline.num_kept if cfg.prompts is None else min(cfg.prompts,
                                                                    pipeline.num_kept)

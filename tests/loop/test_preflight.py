@@ -4,6 +4,7 @@ stage's config (rlcot.run_config.check_choices) and in the study's plan (rlcot.p
 import pytest
 
 from rlcot import preflight, run_config, stages, study
+from rlcot.rewards.registry import required_fields
 from tests.loop.test_loop import tiny_config
 
 pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
@@ -120,11 +121,11 @@ def test_a_reward_needs_its_fields_in_the_dataset(tmp_path, dataset, rewards, ma
 
 
 def test_required_fields_follow_the_rewards():
-    assert preflight.required_fields({"a": {"reward": "math_accuracy", "answer_key": "gold"},
+    assert required_fields({"a": {"reward": "math_accuracy", "answer_key": "gold"},
                                       "f": {"reward": "r1_format"}}) == ("gold",)
-    assert preflight.required_fields({"code_tests": 1.0, "r1_tag_count": 1.0}) == ()
+    assert required_fields({"code_tests": 1.0, "r1_tag_count": 1.0}) == ()
     # A length term judged by a reward of its own reads that reward's fields.
-    assert preflight.required_fields({"len": {"reward": "kimi_length",
+    assert required_fields({"len": {"reward": "kimi_length",
                                               "accuracy": "math_accuracy"}}) == ("answer",)
 
 
