@@ -41,7 +41,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", dataclasses.asdict(rc))
-    from rlcot import sources, world_setup
+    from rlcot import world_setup
     from rlcot.rewards import RewardCombiner, RewardPool
     from rlcot.rl import batch as rl_batch
     from rlcot.rl.logprobs import batch_sharding, make_logprob_fn
@@ -54,13 +54,8 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
 
     # ---- Mesh, model, data ---------------------------------------------------------------------
     mesh = rc.mesh.make()
-    policy = world_setup.load_policy(rc, mesh, resolver)
+    policy = resolver.load_policy(rc.model, mesh=mesh, seed=rc.seed, stage_dir=workdir)
     tokenizer = policy.tokenizer
-    if tokenizer is None:
-        raise ValueError(f"model {rc.model.source!r} has no tokenizer: set model.tokenizer")
-    sources.write_model_card(workdir, policy.cfg, tokenizer,
-                             resolver.tokenizer_ref(rc.model.source, rc.model.tokenizer),
-                             rc.model.source)
     pipeline = world_setup.train_pipeline(rc, tokenizer)
     _check_context(pipeline, rc.rollout.max_new_tokens, policy.cfg.max_position)
     eval_sets, eval_cfg = world_setup.eval_setup(rc.eval, rc.world)

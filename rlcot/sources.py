@@ -200,6 +200,20 @@ class Resolver:
             return rest
         return None
 
+    def load_policy(self, model: Any, *, mesh: jax.sharding.Mesh | None = None, seed: int = 0,
+                    stage_dir: Path | None = None) -> Any:
+        """A stage's model section (source, tokenizer, overrides) loaded with its tokenizer
+        (an error without one); with stage_dir, the stage's model.json is written too, so a
+        model-producing stage is loadable as soon as it has a checkpoint."""
+        loaded = self.load(model.source, mesh=mesh, tokenizer=model.tokenizer, seed=seed,
+                           overrides=model.overrides())
+        if loaded.tokenizer is None:
+            raise ValueError(f"model {model.source!r} has no tokenizer: set model.tokenizer")
+        if stage_dir is not None:
+            write_model_card(stage_dir, loaded.cfg, loaded.tokenizer,
+                             self.tokenizer_ref(model.source, model.tokenizer), model.source)
+        return loaded
+
     def load(self, source: str, *, mesh: jax.sharding.Mesh | None = None,
              tokenizer: str | None = None, seed: int = 0,
              overrides: Mapping[str, Any] | None = None) -> Any:

@@ -7,19 +7,12 @@ from typing import Any
 
 import jax
 
-from rlcot.run_config import RunConfig, build
+from rlcot.run_config import RunConfig
 
 TOY = "toyworld"
 # Dataset names of the toy world -> what their "solution" field holds (rlcot.toyworld.dataset):
 # 'toyworld_checked' is the R1 study's cold-start data.
 TOY_DATASETS = {TOY: "reference", "toyworld_checked": "checked"}
-
-
-def load_policy(rc: RunConfig, mesh: jax.sharding.Mesh, resolver: Any) -> Any:
-    """The initial policy as a LoadedModel, its parameters in the training shardings."""
-    m = rc.model
-    return resolver.load(m.source, mesh=mesh, tokenizer=m.tokenizer, seed=rc.seed,
-                         overrides=m.overrides())
 
 
 def _source(rc: RunConfig, dataset: str, split: str, size: int | None = None) -> Any:

@@ -107,10 +107,7 @@ def run_eval(config: Any, workdir: str, stage: str | None = None) -> Any:
     mesh = pick["mesh"].make()
     t0 = time.perf_counter()
     resolver = sources.Resolver(study_dir=workdir_path.absolute(), world=pick["world"])
-    model = resolver.load(source, mesh=mesh, seed=seed, tokenizer=model_section.tokenizer,
-                          overrides=model_section.overrides())
-    if model.tokenizer is None:
-        raise ValueError(f"model {source!r} has no tokenizer: set config.model.tokenizer")
+    model = resolver.load_policy(model_section, mesh=mesh, seed=seed)
     load_s = time.perf_counter() - t0
     log.info("loaded %s (%s) in %.1fs", source, pick["label"], load_s)
 

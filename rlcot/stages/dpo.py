@@ -207,7 +207,7 @@ def _window_row(window: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
-    from rlcot import sources, world_setup
+    from rlcot import world_setup
     from rlcot.checkpoint import Checkpointer
     from rlcot.rl.logprobs import batch_sharding, row_shards
     from rlcot.rl.state import train_state_shardings
@@ -219,14 +219,8 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     write_json(workdir / "config.json", dataclasses.asdict(cfg))
     mesh = cfg.mesh.make()
     t_start = time.perf_counter()
-    policy = ctx.resolver.load(cfg.model.source, mesh=mesh, tokenizer=cfg.model.tokenizer,
-                               seed=cfg.seed, overrides=cfg.model.overrides())
+    policy = ctx.resolver.load_policy(cfg.model, mesh=mesh, seed=cfg.seed, stage_dir=workdir)
     tok = policy.tokenizer
-    if tok is None:
-        raise ValueError(f"model {cfg.model.source!r} has no tokenizer: set model.tokenizer")
-    sources.write_model_card(workdir, policy.cfg, tok,
-                             ctx.resolver.tokenizer_ref(cfg.model.source, cfg.model.tokenizer),
-                             cfg.model.source)
 
     # ---- Pairs and their reference log-probs ------------------------------------------------
     texts, skipped = load_pairs(cfg.data, ctx.study_dir)

@@ -58,10 +58,7 @@ def run(cfg: EvalStageConfig, ctx: Any) -> dict[str, Any]:
     write_json(ctx.dir / "config.json", dataclasses.asdict(cfg))
     mesh = cfg.mesh.make()
     t0 = time.perf_counter()
-    model = ctx.resolver.load(cfg.model.source, mesh=mesh, tokenizer=cfg.model.tokenizer,
-                              seed=cfg.seed, overrides=cfg.model.overrides())
-    if model.tokenizer is None:
-        raise ValueError(f"model {cfg.model.source!r} has no tokenizer: set model.tokenizer")
+    model = ctx.resolver.load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
     sets, eval_cfg = world_setup.eval_setup(cfg.eval, cfg.world)
     result = evaluate(model, model.tokenizer, sets, eval_cfg, rng=jax.random.key(cfg.seed),
                       mesh=mesh)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -122,8 +121,7 @@ def run(cfg: GenerateStageConfig, ctx: Any) -> dict[str, Any]:
     write_json(ctx.dir / "config.json", dataclasses.asdict(cfg))
     t0 = time.perf_counter()
     mesh = cfg.mesh.make()
-    policy = ctx.resolver.load(cfg.model.source, mesh=mesh, tokenizer=cfg.model.tokenizer,
-                               seed=cfg.seed, overrides=cfg.model.overrides())
+    policy = ctx.resolver.load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
     tok = policy.tokenizer
     d, ro = cfg.data, cfg.rollout
     pipeline = PromptPipeline(

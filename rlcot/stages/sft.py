@@ -279,14 +279,8 @@ def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     write_json(workdir / "config.json", dataclasses.asdict(cfg))
     mesh = cfg.mesh.make()
     t_start = time.perf_counter()
-    policy = ctx.resolver.load(cfg.model.source, mesh=mesh, tokenizer=cfg.model.tokenizer,
-                               seed=cfg.seed, overrides=cfg.model.overrides())
+    policy = ctx.resolver.load_policy(cfg.model, mesh=mesh, seed=cfg.seed, stage_dir=workdir)
     tok = policy.tokenizer
-    if tok is None:
-        raise ValueError(f"model {cfg.model.source!r} has no tokenizer: set model.tokenizer")
-    sources.write_model_card(workdir, policy.cfg, tok,
-                             ctx.resolver.tokenizer_ref(cfg.model.source, cfg.model.tokenizer),
-                             cfg.model.source)
     steps = cfg.train.steps
     info: dict[str, Any] = {"steps": steps, "seed": cfg.seed,
                             "num_params": policy.cfg.num_params()}
