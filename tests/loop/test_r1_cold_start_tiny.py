@@ -45,7 +45,10 @@ def root(tmp_path_factory):
     return tmp_path_factory.mktemp("r1_cold_start")
 
 
-@pytest.mark.parametrize("arm", ["zero", "cold", "cold_lang"])
+# cold_lang (base -> cold sft -> rl with the language reward) runs every stage kind of the
+# study in the default suite; the other arms with -m slow.
+@pytest.mark.parametrize("arm", [pytest.param("zero", marks=pytest.mark.slow),
+                                 pytest.param("cold", marks=pytest.mark.slow), "cold_lang"])
 def test_tiny_arm(arm, root):
     from rlcot.sweep.table import collect
     exp = _experiment()

@@ -1,5 +1,6 @@
 """The tiny ablation, run for real: arms that take the unusual paths (DAPO: dynamic sampling
-and overlong shaping; PPO: a GAE critic) in the default suite, every arm with `-m slow`."""
+and overlong shaping, with -m slow; PPO: a GAE critic, in the default suite), every arm with
+`-m slow`."""
 
 import importlib.util
 from pathlib import Path
@@ -34,7 +35,7 @@ def _run_arm(arm, workdir):
     return rows
 
 
-@pytest.mark.parametrize("arm", ["dapo", "ppo_gae"])
+@pytest.mark.parametrize("arm", [pytest.param("dapo", marks=pytest.mark.slow), "ppo_gae"])
 def test_tiny_arm_runs(arm, tmp_path):
     rows = _run_arm(arm, tmp_path)
     if arm == "dapo":
