@@ -40,31 +40,31 @@ the group-size study the grpo arm with G = 2 / 4 / 8 / 16 samples per prompt (16
 step throughout, so larger G samples more tokens).
 
 Results (2026-11-30, 2 cores of an AMD EPYC; numbers per machine type): the algorithm sweep,
-seeds 0 and 1 of every arm (seed 2 not run yet: the session ran out of compute time, so every
-cell is over 2 of the 3 declared seeds, which the table marks). Produced by the `table` command
-on the sweep's run directories (the points ran seed-major from the `--dry_run` commands).
-Wall times were measured while other jobs shared the two cores (load 2-10): they are upper
-bounds and do not rank the arms. "tokens sampled" was logged only by points started after it
-was added (one per arm at most; DAPO's dynamic sampling samples about twice the others' tokens).
+3 seeds of every arm, produced by the `table` command on the sweep's run directories (the
+points ran seed-major from the `--dry_run` commands). Wall times: seeds 0 and 1 ran while
+other jobs shared the two cores (load 2-10), seed 2 alone (~1.6 min per arm, PPO-GAE 2.3,
+DAPO 1.9): upper bounds, not a ranking. "tokens sampled" (rollout/tokens_sampled) was logged
+only by points started after it was added; DAPO's dynamic sampling samples about twice the
+others' tokens.
 
 | arm | greedy pass@1 (%) | pass@8 (%) | avg@8 (%) | response tokens (greedy) | checking rate (%) | tokens sampled (M) | wall time (min) | seeds | not finished |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---|
-| grpo | 98.6 ± 0.6 (n=2/3) ⚠ | 99.8 ± 0.2 (n=2/3) ⚠ | 86.4 ± 0.8 (n=2/3) ⚠ | 98.8 ± 0.0 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | — (n=0/3) | 3.2 ± 0.7 (n=2/3) ⚠ | 2/3 | seed 2 missing |
-| dr_grpo | 98.6 ± 0.2 (n=2/3) ⚠ | 99.6 ± 0.0 (n=2/3) ⚠ | 86.7 ± 0.4 (n=2/3) ⚠ | 98.9 ± 0.1 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 0.46 (n=1/3) ⚠ | 4.0 ± 0.6 (n=2/3) ⚠ | 2/3 | seed 2 missing |
-| dapo | 99.6 ± 0.4 (n=2/3) ⚠ | 99.8 ± 0.2 (n=2/3) ⚠ | 88.5 ± 1.6 (n=2/3) ⚠ | 98.8 ± 0.0 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 0.95 (n=1/3) ⚠ | 4.9 ± 0.6 (n=2/3) ⚠ | 2/3 | seed 2 missing |
-| rloo | 99.2 ± 0.0 (n=2/3) ⚠ | 99.4 ± 0.2 (n=2/3) ⚠ | 88.0 ± 1.0 (n=2/3) ⚠ | 98.8 ± 0.0 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 0.45 (n=1/3) ⚠ | 3.9 ± 0.5 (n=2/3) ⚠ | 2/3 | seed 2 missing |
-| reinforce_pp | 99.2 ± 0.0 (n=2/3) ⚠ | 99.8 ± 0.2 (n=2/3) ⚠ | 87.2 ± 0.6 (n=2/3) ⚠ | 98.8 ± 0.0 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 0.45 (n=1/3) ⚠ | 3.7 ± 1.0 (n=2/3) ⚠ | 2/3 | seed 2 missing |
-| reinforce_pp_group | 99.6 ± 0.4 (n=2/3) ⚠ | 99.8 ± 0.2 (n=2/3) ⚠ | 88.3 ± 0.5 (n=2/3) ⚠ | 98.8 ± 0.0 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 0.46 (n=1/3) ⚠ | 2.5 ± 0.5 (n=2/3) ⚠ | 2/3 | seed 2 missing |
-| ppo_gae | 98.6 ± 0.2 (n=2/3) ⚠ | 99.8 ± 0.2 (n=2/3) ⚠ | 86.8 ± 0.2 (n=2/3) ⚠ | 98.8 ± 0.0 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 0.45 (n=1/3) ⚠ | 3.8 ± 1.6 (n=2/3) ⚠ | 2/3 | seed 2 missing |
-| gspo | 98.6 ± 0.2 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 87.2 ± 0.4 (n=2/3) ⚠ | 98.8 ± 0.0 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 0.44 (n=1/3) ⚠ | 2.9 ± 0.9 (n=2/3) ⚠ | 2/3 | seed 2 missing |
-| kimi | 99.6 ± 0.4 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 88.4 ± 0.5 (n=2/3) ⚠ | 98.8 ± 0.0 (n=2/3) ⚠ | 100.0 ± 0.0 (n=2/3) ⚠ | 0.46 (n=1/3) ⚠ | 3.7 ± 0.2 (n=2/3) ⚠ | 2/3 | seed 2 missing |
+| grpo | 99.0 ± 0.5 | 99.7 ± 0.1 | 86.2 ± 0.5 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.46 (n=1/3) ⚠ | 2.6 ± 0.7 | 3/3 |  |
+| dr_grpo | 98.8 ± 0.2 | 99.7 ± 0.1 | 86.5 ± 0.3 | 98.9 ± 0.1 | 100.0 ± 0.0 | 0.46 ± 0.00 (n=2/3) ⚠ | 3.1 ± 0.9 | 3/3 |  |
+| dapo | 99.6 ± 0.2 | 99.9 ± 0.1 | 88.7 ± 0.9 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.96 ± 0.01 (n=2/3) ⚠ | 3.9 ± 1.1 | 3/3 |  |
+| rloo | 99.2 ± 0.0 | 99.5 ± 0.1 | 88.0 ± 0.6 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.46 ± 0.00 (n=2/3) ⚠ | 3.1 ± 0.9 | 3/3 |  |
+| reinforce_pp | 98.4 ± 0.8 | 99.9 ± 0.1 | 85.9 ± 1.3 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.46 ± 0.01 (n=2/3) ⚠ | 3.0 ± 1.0 | 3/3 |  |
+| reinforce_pp_group | 99.1 ± 0.6 | 99.5 ± 0.3 | 87.2 ± 1.1 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.46 ± 0.00 (n=2/3) ⚠ | 2.2 ± 0.5 | 3/3 |  |
+| ppo_gae | 98.3 ± 0.3 | 99.6 ± 0.2 | 85.9 ± 0.9 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.46 ± 0.01 (n=2/3) ⚠ | 3.2 ± 1.1 | 3/3 |  |
+| gspo | 98.6 ± 0.1 | 100.0 ± 0.0 | 87.1 ± 0.3 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.44 ± 0.00 (n=2/3) ⚠ | 2.4 ± 0.7 | 3/3 |  |
+| kimi | 99.3 ± 0.3 | 99.9 ± 0.1 | 87.7 ± 0.8 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.46 ± 0.00 (n=2/3) ⚠ | 3.0 ± 0.7 | 3/3 |  |
 
 Mean ± standard error over seeds [0, 1, 2] (final values); ⚠ marks a cell over fewer seeds than declared (n=finished/declared).
 
-On this toy world every algorithm reaches 98.6-99.6% greedy accuracy with the checking
-behaviour at 100% and ~99-token responses after 40 steps; with 2 seeds no arm differs from
-GRPO significantly (Welch p >= 0.19 on every accuracy metric). The world is too easy to
-separate the estimators at this budget; the KL and group-size studies have not been run.
+On this toy world every algorithm reaches 98.3-99.6% greedy accuracy with the checking
+behaviour at 100% and ~99-token responses after 40 steps; no arm differs from GRPO
+significantly over 3 seeds (Welch p >= 0.08 on every accuracy metric). The world is too easy
+to separate the estimators at this budget; the KL and group-size studies have not been run.
 Curves: docs/ablate_algorithms_curves.png, bars: docs/ablate_algorithms_bars.png.
 """
 
