@@ -71,8 +71,6 @@ Curves: docs/ablate_algorithms_curves.png, bars: docs/ablate_algorithms_bars.png
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 from ml_collections import config_dict
@@ -83,15 +81,8 @@ from rlcot.sweep import spec
 
 
 def _r1_zero():
-    """experiments/r1_zero.py beside this file (loaded by path: works from any directory)."""
-    name = "_rlcot_experiment_r1_zero"
-    if name not in sys.modules:
-        module_spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("r1_zero.py"))
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
+    """experiments/r1_zero.py beside this file."""
+    return spec.load_experiment(Path(__file__).with_name("r1_zero.py"))
 
 
 ARMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_group", "ppo_gae",

@@ -94,8 +94,6 @@ tells apart); evaluation on GSM8K test and MATH-500.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 from ml_collections import config_dict
@@ -125,15 +123,8 @@ LANGUAGE = {"reward": "language_consistency", "target": "latin", "detector": "sc
 
 
 def _r1_zero():
-    """experiments/r1_zero.py beside this file (loaded by path: works from any directory)."""
-    name = "_rlcot_experiment_r1_zero"
-    if name not in sys.modules:
-        module_spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("r1_zero.py"))
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
+    """experiments/r1_zero.py beside this file."""
+    return spec.load_experiment(Path(__file__).with_name("r1_zero.py"))
 
 
 def _parse(arg: str | None) -> tuple[str, set[str]]:

@@ -204,16 +204,26 @@ def split_config(spec: str) -> tuple[str, str | None]:
     return path, (arg or None)
 
 
+def load_experiment(path: str | Path, reuse: bool = True) -> Any:
+    """An experiment file as a module, by path (experiment files that build on another, e.g.
+    on r1_zero's toy study, work from any directory). reuse: the module loaded earlier in this
+    process from the same path, if any; False executes the file again."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"experiment file {str(path)!r} not found")
+    name = f"_rlcot_experiment_{slug(Path(path).stem)}"
+    loaded = sys.modules.get(name)
+    if not reuse or loaded is None or Path(loaded.__file__).resolve() != Path(path).resolve():
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # dataclasses in the file need their module registered
+        module_spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def load_sweep(config_spec: str) -> Sweep:
     """The Sweep an experiment file declares: get_sweep(VARIANT) of experiments/NAME.py."""
     path, arg = split_config(config_spec)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"experiment file {path!r} not found")
-    name = f"_rlcot_experiment_{slug(Path(path).stem)}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module  # dataclasses in the file need their module registered
-    module_spec.loader.exec_module(module)
+    module = load_experiment(path, reuse=False)
     if not hasattr(module, "get_sweep"):
         raise AttributeError(f"{path} declares no get_sweep(arg): nothing to sweep")
     sweep = module.get_sweep(arg)
