@@ -18,7 +18,7 @@ def sweep_command(config_spec: str, root: str, *, parallel: int = 1,
         for p in points:
             print(runner.shell_command(config_spec, p, root))
         return 0
-    print(f"sweep {config_spec}: {len(sweep.arms)} arms x {len(sweep.seeds)} seeds = "
+    print(f"sweep {config_spec}: {len(sweep.running_arms)} arms x {len(sweep.seeds)} seeds = "
           f"{len(points)} points under {root}, {parallel} at a time", flush=True)
     failed = runner.run_sweep(config_spec, sweep, root, parallel=parallel,
                               echo=lambda s: print(s, flush=True))
@@ -38,11 +38,12 @@ def table_command(config_spec: str, root: str) -> int:
 
 
 def plot_command(config_spec: str, root: str) -> int:
-    from rlcot.sweep.plot import plot_bars, plot_curves
+    from rlcot.sweep.plot import plot_bars, plot_curves, plot_scatter
     from rlcot.sweep.table import collect
     sweep = load_sweep(config_spec)
     Path(root).mkdir(parents=True, exist_ok=True)
-    written = [p for p in (plot_curves(sweep, root), plot_bars(sweep, collect(sweep, root), root))
-               if p is not None]
+    rows = collect(sweep, root)
+    written = [p for p in (plot_curves(sweep, root), plot_bars(sweep, rows, root),
+                           plot_scatter(sweep, rows, root)) if p is not None]
     print("wrote " + (", ".join(map(str, written)) if written else "nothing (no finished runs)"))
     return 0

@@ -1,5 +1,6 @@
 """A sweep's plots: curves over steps per arm (mean over finished seeds, a band of +- one
-standard error) and a bar chart of the table's main metric with standard-error bars."""
+standard error), a bar chart of the table's main metric with standard-error bars, and, when
+the table names a scatter, one point per arm and seed of two metrics (a frontier)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ def plot_curves(sweep: Sweep, root: str | Path, panels: Sequence[tuple[str, str]
     for arm in sweep.arms:
         runs = []
         for seed in sweep.seeds:
-            d = root / arm.dirname / f"seed_{seed}"
+            d = sweep.run_dir(root, arm, seed)
             if results.run_status(d) == results.FINISHED:
-                runs.append(results.read_curves(d, results.read_summary(d), sweep.table.stage))
+                runs.append(results.read_curves(d, results.read_summary(d),
+                                                arm.stage or sweep.table.stage))
         if any(runs):
             curves[arm.name] = runs
     all_runs = [rows for runs in curves.values() for rows in runs]
@@ -119,3 +121,52 @@ def plot_bars(sweep: Sweep, rows: list[Row], root: str | Path,
     plt.close(fig)
     return out
 
+
+
+def plot_scatter(sweep: Sweep, rows: list[Row], root: str | Path,
+                 filename: str = "scatter.png") -> Path | None:
+    """The table's scatter (x metric, y metric): one small marker per arm and seed, and each
+    arm's mean with standard-error bars on both axes. None without a scatter or values."""
+    if sweep.table.scatter is None:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_name = {m.name: m for m in sweep.table.metrics}
+    mx, my = (by_name[n] for n in sweep.table.scatter)
+    fig, ax = plt.subplots(figsize=(6.0, 4.5))
+    colors = plt.get_cmap("tab10")
+    drawn = False
+    for i, r in enumerate(rows):
+        # Seeds that have both values, paired by seed (Cell.values drop the missing ones).
+        pairs = [(x, y) for x, y in zip(_per_seed(r, mx.name), _per_seed(r, my.name))
+                 if x is not None and y is not None]
+        if not pairs:
+            continue
+        drawn = True
+        xs = [x * mx.scale for x, _ in pairs]
+        ys = [y * my.scale for _, y in pairs]
+        c = colors(i % 10)
+        ax.scatter(xs, ys, color=c, s=14, alpha=0.5)
+        (x0, sx), (y0, sy) = mean_sem(xs), mean_sem(ys)
+        ax.errorbar([x0], [y0], xerr=[sx if math.isfinite(sx) else 0.0],
+                    yerr=[sy if math.isfinite(sy) else 0.0], color=c, marker="o", ms=7,
+                    capsize=3, label=f"{r.arm.name} (n={len(pairs)})")
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel(mx.name)
+    ax.set_ylabel(my.name)
+    ax.set_title(f"{my.name} against {mx.name}: one point per seed, mean ± s.e.", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(root) / filename
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _per_seed(row: Row, metric: str) -> list[float | None]:
+    return [row.per_seed.get(s, {}).get(metric) for s in sorted(row.per_seed)]

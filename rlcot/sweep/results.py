@@ -98,10 +98,14 @@ def best_row(rows: list[dict[str, Any]], select: str) -> dict[str, Any] | None:
     return next(r for r in rows if r["step"] == best[1])
 
 
-def run_values(run_dir: Path, table: Table) -> dict[str, float | None]:
-    """Each table metric's value for one finished run (None where the run lacks it)."""
+def run_values(run_dir: Path, table: Table, stage: str | None = None
+               ) -> dict[str, float | None]:
+    """Each table metric's value for one finished run (None where the run lacks it); with
+    `stage`, read from that stage of the study (its summary and its curves)."""
     summary = read_summary(run_dir) or {}
-    rows = read_curves(run_dir, summary, table.stage)
+    if stage is not None:
+        summary = (summary.get("stages") or {}).get(stage) or {}
+    rows = read_curves(run_dir, summary, stage or table.stage)
     at = best_row(rows, table.select) if table.select != "final" else None
     out: dict[str, float | None] = {}
     for m in table.metrics:

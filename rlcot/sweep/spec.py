@@ -11,6 +11,10 @@
 
 A point is one arm at one seed; it runs in ROOT/<arm dir>/seed_<seed>, names made from the
 settings (stable: the same declaration gives the same names on every machine).
+
+When one study holds several methods as stages (Kimi's long2short methods all start from
+the same long model), its rows are views: `Arm("dpo", run="study", stage="dpo")` runs
+nothing itself and reads stage `dpo` of arm `study`'s runs (its summary and curves).
 """
 
 from __future__ import annotations
@@ -50,14 +54,25 @@ def format_value(v: Any) -> str:
 class Arm:
     """One row of the table: a name, config overrides (dotted keys), and optionally its own
     get_config argument (`arg`; None: the sweep's own variant) for changes that are not
-    scalar overrides (a new reward term, a critic)."""
+    scalar overrides (a new reward term, a critic).
+
+    stage: read this stage of the study's runs (its summary under `stages.NAME` and its
+    metrics.jsonl) instead of the final stage. run: the name of another arm whose runs this
+    row reads (a view: it runs nothing itself, and has no overrides or arg of its own)."""
     name: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     arg: str | None = None
+    stage: str | None = None
+    run: str | None = None
 
     def __post_init__(self):
         if not self.name:
             raise ValueError("an arm needs a name")
+        if self.run is not None and (self.overrides or self.arg is not None):
+            raise ValueError(f"arm {self.name!r} reads the runs of arm {self.run!r}: it cannot "
+                             f"have overrides or an arg of its own")
+        if self.stage is not None and (not self.stage or "/" in self.stage):
+            raise ValueError(f"arm {self.name!r}: bad stage name {self.stage!r}")
         object.__setattr__(self, "overrides", dict(self.overrides))
         for k, v in self.overrides.items():
             if not k or k.startswith(".") or k.endswith(".") or ".." in k:
@@ -122,8 +137,10 @@ class Table:
     curve key, 'max:KEY' / 'min:KEY' (e.g. 'max:eval/toyworld:test/greedy/pass@1'): eval and
     train metrics are then read at that step of each run. main: the metric of the bar chart
     (default the first). baseline: an arm name; each row gets Welch's t-test against it.
-    stage: the stage whose curves are read (default the study's final stage). panels: more
-    (title, per-step key pattern) curves for the plot command, after its default ones."""
+    stage: the stage whose curves are read (default the study's final stage; an arm's own
+    `stage` wins). panels: more (title, per-step key pattern) curves for the plot command,
+    after its default ones. scatter: (x metric, y metric) names: the plot command also draws
+    one point per arm and seed (e.g. accuracy against response length, a frontier)."""
     metrics: tuple[Metric, ...]
     select: str = "final"
     main: str | None = None
@@ -131,6 +148,7 @@ class Table:
     stage: str | None = None
     row_keys: tuple[str, ...] = ()
     panels: tuple[tuple[str, str], ...] = ()
+    scatter: tuple[str, str] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -140,6 +158,12 @@ class Table:
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"metric names repeat: {names}")
+        if self.scatter is not None:
+            object.__setattr__(self, "scatter", tuple(self.scatter))
+            bad = [n for n in self.scatter if n not in names]
+            if len(self.scatter) != 2 or bad:
+                raise ValueError(f"scatter must name two of the metrics {names}, got "
+                                 f"{self.scatter!r}")
         if self.main is not None and self.main not in names:
             raise ValueError(f"main metric {self.main!r} is not one of {names}")
         if self.select != "final" and not re.fullmatch(r"(max|min):.+", self.select):
@@ -180,8 +204,16 @@ class Sweep:
             raise ValueError("a sweep needs at least one arm and one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds repeat: {self.seeds}")
-        dirs: dict[str, str] = {}
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names repeat: {names}")
+        running = {a.name for a in self.arms if a.run is None}
         for a in self.arms:
+            if a.run is not None and a.run not in running:
+                raise ValueError(f"arm {a.name!r} reads the runs of {a.run!r}, which is not an "
+                                 f"arm that runs: {sorted(running)}")
+        dirs: dict[str, str] = {}
+        for a in self.running_arms:
             if a.dirname in dirs:
                 raise ValueError(f"arms {dirs[a.dirname]!r} and {a.name!r} share the directory "
                                  f"name {a.dirname!r}: rename one")
@@ -189,13 +221,23 @@ class Sweep:
             if self.seed_key in a.overrides:
                 raise ValueError(f"arm {a.name!r} sets the seed key {self.seed_key!r}; seeds "
                                  f"come from Sweep.seeds")
-        if self.table.baseline is not None and self.table.baseline not in dirs.values():
-            raise ValueError(f"baseline {self.table.baseline!r} is not an arm: "
-                             f"{list(dirs.values())}")
+        if self.table.baseline is not None and self.table.baseline not in names:
+            raise ValueError(f"baseline {self.table.baseline!r} is not an arm: {names}")
+
+    @property
+    def running_arms(self) -> tuple[Arm, ...]:
+        """The arms that run (views excluded)."""
+        return tuple(a for a in self.arms if a.run is None)
 
     def points(self) -> list[Point]:
-        """Arm-major order (all seeds of the first arm, then the next arm)."""
-        return [Point(a, s, self.seed_key) for a in self.arms for s in self.seeds]
+        """Arm-major order (all seeds of the first arm, then the next arm); views run
+        nothing."""
+        return [Point(a, s, self.seed_key) for a in self.running_arms for s in self.seeds]
+
+    def run_dir(self, root: str | Path, arm: Arm, seed: int) -> Path:
+        """The directory holding the run an arm's row reads at one seed."""
+        owner = arm if arm.run is None else next(a for a in self.arms if a.name == arm.run)
+        return Path(root) / owner.dirname / f"seed_{seed}"
 
 
 def split_config(spec: str) -> tuple[str, str | None]:

@@ -40,6 +40,7 @@ class Row:
     arm: Arm
     status: dict[int, str]  # seed -> finished / unfinished / missing
     cells: dict[str, Cell]
+    per_seed: dict[int, dict[str, float | None]] = dataclasses.field(default_factory=dict)
 
     @property
     def finished(self) -> int:
@@ -53,14 +54,14 @@ def collect(sweep: Sweep, root: str | Path) -> list[Row]:
     for arm in sweep.arms:
         status, per_seed = {}, {}
         for seed in sweep.seeds:
-            run_dir = root / arm.dirname / f"seed_{seed}"
+            run_dir = sweep.run_dir(root, arm, seed)
             status[seed] = results.run_status(run_dir)
             if status[seed] == results.FINISHED:
-                per_seed[seed] = results.run_values(run_dir, table)
+                per_seed[seed] = results.run_values(run_dir, table, arm.stage)
         cells = {m.name: Cell(tuple(v[m.name] for v in per_seed.values()
                                     if v[m.name] is not None), len(sweep.seeds))
                  for m in table.metrics}
-        rows.append(Row(arm, status, cells))
+        rows.append(Row(arm, status, cells, per_seed))
     if table.baseline is not None:
         base = next(r for r in rows if r.arm.name == table.baseline)
         for r in rows:
