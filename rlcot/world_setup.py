@@ -11,8 +11,9 @@ from rlcot.run_config import RunConfig
 
 TOY = "toyworld"
 # Dataset names of the toy world -> what their "solution" field holds (rlcot.toyworld.dataset):
-# 'toyworld_checked' is the R1 study's cold-start data.
-TOY_DATASETS = {TOY: "reference", "toyworld_checked": "checked"}
+# 'toyworld_checked' is the R1 study's cold-start data, 'toyworld_long' the Kimi study's
+# long-CoT data (checks repeated).
+TOY_DATASETS = {TOY: "reference", "toyworld_checked": "checked", "toyworld_long": "long"}
 
 
 def _source(rc: RunConfig, dataset: str, split: str, size: int | None = None) -> Any:
@@ -20,8 +21,9 @@ def _source(rc: RunConfig, dataset: str, split: str, size: int | None = None) ->
 
 
 def data_source(world: Any, dataset: str, split: str, size: int | None = None) -> Any:
-    """Examples of a registry dataset, or of the toy world's split (`dataset` 'toyworld', or
-    'toyworld_checked': the same problems with single-language checked solutions)."""
+    """Examples of a registry dataset, or of the toy world's split (`dataset` 'toyworld',
+    'toyworld_checked': the same problems with single-language checked solutions, or
+    'toyworld_long': with each check repeated 1-3 times)."""
     if dataset in TOY_DATASETS:
         from rlcot.toyworld.dataset import ToyWorldSource
         return ToyWorldSource(world, split, size, solution=TOY_DATASETS[dataset])

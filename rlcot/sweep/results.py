@@ -122,10 +122,19 @@ def _metric_value(m: Metric, summary: Mapping[str, Any], rows: list[dict[str, An
         reduce = {"final": lambda xs: xs[-1], "sum": sum, "max": max, "min": min,
                   "mean": lambda xs: sum(xs) / len(xs)}[m.reduce]
         return float(reduce(values))
-    key = curve_key(m.path)
+    value = _path_value(m.path, summary, at, select)
+    if m.divide_by and value is not None:
+        divisor = _path_value(m.divide_by, summary, at, select)
+        return None if not divisor else value / divisor
+    return value
+
+
+def _path_value(path: str, summary: Mapping[str, Any], at: dict[str, Any] | None,
+                select: str) -> float | None:
+    key = curve_key(path)
     if select != "final" and key is not None:
         return None if at is None else _number(at.get(key))
     try:
-        return _number(lookup(summary, m.path))
+        return _number(lookup(summary, path))
     except KeyError:
         return None

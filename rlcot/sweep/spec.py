@@ -113,17 +113,22 @@ def _short_name(key: str, keys: list[str]) -> str:
 class Metric:
     """A table column. `path`: dotted path into the run's summary.json (see results.lookup),
     or, with `curve`, a per-step key of the stage's metrics.jsonl reduced over steps by
-    `reduce`. Shown as value * scale with `digits` decimals."""
+    `reduce`. divide_by: a second summary path; the metric is path's value over it (e.g. mean
+    tokens over accuracy = tokens per correct answer; none where the divisor is 0). Shown as
+    value * scale with `digits` decimals."""
     name: str
     path: str = ""
     curve: str = ""
     reduce: str = "final"
     scale: float = 1.0
     digits: int = 1
+    divide_by: str = ""
 
     def __post_init__(self):
         if bool(self.path) == bool(self.curve):
             raise ValueError(f"metric {self.name!r}: give exactly one of path and curve")
+        if self.divide_by and not self.path:
+            raise ValueError(f"metric {self.name!r}: divide_by needs a path metric")
         if self.reduce not in REDUCE:
             raise ValueError(f"metric {self.name!r}: reduce must be one of {REDUCE}, "
                              f"got {self.reduce!r}")

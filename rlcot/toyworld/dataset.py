@@ -10,14 +10,20 @@ from typing import Any
 import numpy as np
 
 from rlcot.toyworld.corpus import WorldConfig, example, prompt_text
-from rlcot.toyworld.solutions import (SECOND_LANGUAGE, TARGET_LANGUAGE, Style, write_solution)
-from rlcot.toyworld.tasks import problems
+from rlcot.toyworld.solutions import (LANGUAGES, SECOND_LANGUAGE, TARGET_LANGUAGE, Style,
+                                      column_step, write_solution)
+from rlcot.toyworld.tasks import Problem, problems
 
 DEFAULT_SIZES = {"train": 10_000, "test": 500}
-# "solution" of each row: the clean reference (English, no check), or a checked solution in
-# the target language only (the R1 study's cold-start data).
-SOLUTIONS = ("reference", "checked")
+# "solution" of each row: the clean reference (English, no check), a checked solution in the
+# target language only (the R1 study's cold-start data), or a long one whose checks are
+# repeated (the Kimi study's long-CoT data).
+SOLUTIONS = ("reference", "checked", "long")
 _CHECKED_STREAM = 13
+_LONG_STREAM = 17
+# How many times a long solution writes each step's check, with what probability (mean 2.3;
+# one check is all a step needs): the redundant re-checking of long chains of thought.
+LONG_CHECK_REPEATS = ((1, 0.2), (2, 0.3), (3, 0.5))
 
 
 def checked_solutions(world: WorldConfig, split: str, n: int) -> list[str]:
@@ -34,6 +40,48 @@ def checked_solutions(world: WorldConfig, split: str, n: int) -> list[str]:
         style = Style(drop_carry=drop, check=True, languages=(TARGET_LANGUAGE,) * (2 * d),
                       check_mode=world.rates.check_mode)
         out.append(write_solution(p, style).text)
+    return out
+
+
+def repeated_checks(problem: Problem, drop: Sequence[bool], repeats: Sequence[int]) -> str:
+    """A checked solution in the target language whose column i's check is written
+    repeats[i] times (each the same re-computation that keeps the carry); all ones gives
+    exactly write_solution's checked solution ('step' checks)."""
+    d = problem.num_digits
+    if len(drop) != d or len(repeats) != d or min(repeats) < 1:
+        raise ValueError(f"a {d}-column problem needs {d} drop flags and {d} repeats >= 1, "
+                         f"got {tuple(drop)} and {tuple(repeats)}")
+    check_word = LANGUAGES[TARGET_LANGUAGE]["check"]
+    steps, carry, partial = [], 0, ""
+    for i in range(d):
+        text, _, _, _ = column_step(problem, i, carry, partial, bool(drop[i]), False,
+                                    TARGET_LANGUAGE, False)
+        check, carry, partial, _ = column_step(problem, i, carry, partial, False, False,
+                                               TARGET_LANGUAGE, False)
+        steps += [text, *([f"{check_word} {check}"] * int(repeats[i]))]
+    return f" <think> {' '.join(steps)} </think> <answer> {int(partial)} </answer>"
+
+
+def long_solutions(world: WorldConfig, split: str, n: int) -> list[str]:
+    """Completions of the split's first n problems with redundant checking (the Kimi study's
+    long-CoT data): main steps drop their incoming carry with the world's flaw_rate, each
+    step's check is written 1, 2 or 3 times (LONG_CHECK_REPEATS), every word in the target
+    language. Always right; a function of (world, split, n), prefix-stable. Needs the
+    world's check_mode 'step'."""
+    if world.rates.check_mode != "step":
+        raise ValueError(f"long solutions repeat 'step' checks; the world's check_mode is "
+                         f"{world.rates.check_mode!r}")
+    rng = np.random.default_rng([world.seed, _LONG_STREAM])
+    values = np.array([r for r, _ in LONG_CHECK_REPEATS])
+    probs = np.array([q for _, q in LONG_CHECK_REPEATS])
+    out = []
+    for p in problems(world.task, split, n, world.seed):
+        d = p.num_digits
+        # Fixed draws per problem (12 columns at most), so n does not reshuffle earlier rows.
+        drop = rng.random(12)[:d] < world.rates.flaw_rate
+        at = np.searchsorted(np.cumsum(probs), rng.random(12)[:d], side="right")
+        repeats = values[np.minimum(at, len(values) - 1)]
+        out.append(repeated_checks(p, drop, repeats))
     return out
 
 
@@ -58,8 +106,9 @@ class ToyWorldSource(Sequence):
         self.size = DEFAULT_SIZES.get(split, 0) if size is None else size
         self._rows = [example(p, world.task, split, i)
                       for i, p in enumerate(problems(world.task, split, self.size, world.seed))]
-        if solution == "checked":
-            for row, text in zip(self._rows, checked_solutions(world, split, self.size)):
+        if solution != "reference":
+            write = checked_solutions if solution == "checked" else long_solutions
+            for row, text in zip(self._rows, write(world, split, self.size)):
                 row["solution"] = text
 
     def __len__(self) -> int:

@@ -94,3 +94,19 @@ def test_bad_views_fail_when_declared():
         spec.Sweep(arms=(spec.Arm("a"), spec.Arm("a", run="a")), table=table)
     with pytest.raises(ValueError, match="scatter must name two of the metrics"):
         spec.Table(metrics=(ACC, LEN), scatter=("tokens", "nope"))
+
+
+def test_a_ratio_metric_divides_two_summary_values(tmp_path):
+    per_correct = spec.Metric("tokens per correct", LEN.path,
+                              divide_by=f"eval_after.{EVAL}/greedy/pass@1")
+    _runs(tmp_path)
+    _study(tmp_path / "study" / "seed_2", {"long": (0.0, 150.0), "short": (0.5, 100.0)})
+    sweep = spec.Sweep(arms=(spec.Arm("study"), spec.Arm("long", run="study", stage="long")),
+                       seeds=(0, 1, 2), table=spec.Table(metrics=(per_correct,)))
+    rows = {r.arm.name: r for r in collect(sweep, tmp_path)}
+    assert rows["study"].cells["tokens per correct"].values == pytest.approx(
+        (100 / 0.8, 90 / 0.6, 100 / 0.5))
+    # No correct answer: no value (not infinity, not zero); the cell says n=2/3.
+    assert rows["long"].cells["tokens per correct"].values == pytest.approx((150 / 0.9, 130 / 0.7))
+    with pytest.raises(ValueError, match="divide_by needs a path"):
+        spec.Metric("x", curve="k", divide_by="y")
