@@ -50,7 +50,7 @@ def plot_curves(sweep: Sweep, root: str | Path, panels: Sequence[tuple[str, str]
     root = Path(root)
     panels = (*PANELS, *sweep.table.panels) if panels is None else panels
     curves = {}
-    for arm in sweep.arms:
+    for arm in sweep.table_arms:
         runs = []
         for seed in sweep.seeds:
             d = sweep.run_dir(root, arm, seed)

@@ -58,12 +58,14 @@ class Arm:
 
     stage: read this stage of the study's runs (its summary under `stages.NAME` and its
     metrics.jsonl) instead of the final stage. run: the name of another arm whose runs this
-    row reads (a view: it runs nothing itself, and has no overrides or arg of its own)."""
+    row reads (a view: it runs nothing itself, and has no overrides or arg of its own).
+    in_table: False for an arm that only runs (the study its views read), without a row."""
     name: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     arg: str | None = None
     stage: str | None = None
     run: str | None = None
+    in_table: bool = True
 
     def __post_init__(self):
         if not self.name:
@@ -226,8 +228,17 @@ class Sweep:
             if self.seed_key in a.overrides:
                 raise ValueError(f"arm {a.name!r} sets the seed key {self.seed_key!r}; seeds "
                                  f"come from Sweep.seeds")
-        if self.table.baseline is not None and self.table.baseline not in names:
-            raise ValueError(f"baseline {self.table.baseline!r} is not an arm: {names}")
+        shown = [a.name for a in self.table_arms]
+        if not shown:
+            raise ValueError("no arm is in the table (in_table=False for every arm)")
+        if self.table.baseline is not None and self.table.baseline not in shown:
+            raise ValueError(f"baseline {self.table.baseline!r} is not an arm of the table: "
+                             f"{shown}")
+
+    @property
+    def table_arms(self) -> tuple[Arm, ...]:
+        """The arms with a row in the table (and a line in the plots)."""
+        return tuple(a for a in self.arms if a.in_table)
 
     @property
     def running_arms(self) -> tuple[Arm, ...]:

@@ -51,7 +51,7 @@ def collect(sweep: Sweep, root: str | Path) -> list[Row]:
     root = Path(root)
     table = sweep.table
     rows = []
-    for arm in sweep.arms:
+    for arm in sweep.table_arms:
         status, per_seed = {}, {}
         for seed in sweep.seeds:
             run_dir = sweep.run_dir(root, arm, seed)

@@ -92,8 +92,21 @@ def test_bad_views_fail_when_declared():
         spec.Arm("b", {"seed": 1}, run="a")
     with pytest.raises(ValueError, match="arm names repeat"):
         spec.Sweep(arms=(spec.Arm("a"), spec.Arm("a", run="a")), table=table)
+    with pytest.raises(ValueError, match="not an arm of the table"):
+        spec.Sweep(arms=(spec.Arm("a", in_table=False), spec.Arm("b", run="a")),
+                   table=spec.Table(metrics=(ACC,), baseline="a"))
+    with pytest.raises(ValueError, match="no arm is in the table"):
+        spec.Sweep(arms=(spec.Arm("a", in_table=False),), table=table)
     with pytest.raises(ValueError, match="scatter must name two of the metrics"):
         spec.Table(metrics=(ACC, LEN), scatter=("tokens", "nope"))
+
+
+def test_an_arm_out_of_the_table_runs_without_a_row(tmp_path):
+    _runs(tmp_path)
+    arms = (spec.Arm("study", in_table=False), spec.Arm("long", run="study", stage="long"))
+    sweep = spec.Sweep(arms=arms, seeds=(0, 1), table=spec.Table(metrics=(ACC,)))
+    assert [p.name for p in sweep.points()] == ["study/seed_0", "study/seed_1"]
+    assert [r.arm.name for r in collect(sweep, tmp_path)] == ["long"]
 
 
 def test_a_ratio_metric_divides_two_summary_values(tmp_path):
