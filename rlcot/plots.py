@@ -32,8 +32,13 @@ def plot_metrics(workdir: str | Path, panels: Sequence[tuple[str, Sequence[str]]
         ax.grid(alpha=0.3)
         if len(keys) > 1:
             ax.legend(fontsize=7)
+    return save_figure(fig, Path(workdir) / filename)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lays out, writes (PNG, 110 dpi) and closes a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
-    out = Path(workdir) / filename
-    fig.savefig(out, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return out
+    return path

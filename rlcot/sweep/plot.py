@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from rlcot.plots import save_figure
 from rlcot.sweep import results
 from rlcot.sweep.spec import Sweep
 from rlcot.sweep.stats import mean_sem
@@ -85,11 +86,7 @@ def plot_curves(sweep: Sweep, root: str | Path, panels: Sequence[tuple[str, str]
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    out = root / filename
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, root / filename)
 
 
 def plot_bars(sweep: Sweep, rows: list[Row], root: str | Path,
@@ -115,11 +112,7 @@ def plot_bars(sweep: Sweep, rows: list[Row], root: str | Path,
     ax.set_ylabel(m.name)
     ax.set_title(f"{m.name}: mean ± s.e. over seeds", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out = Path(root) / filename
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, Path(root) / filename)
 
 
 
@@ -161,11 +154,7 @@ def plot_scatter(sweep: Sweep, rows: list[Row], root: str | Path,
     ax.set_title(f"{my.name} against {mx.name}: one point per seed, mean ± s.e.", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(root) / filename
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, Path(root) / filename)
 
 
 def _per_seed(row: Row, metric: str) -> list[float | None]:
