@@ -104,7 +104,11 @@ def run_values(run_dir: Path, table: Table, stage: str | None = None
     `stage`, read from that stage of the study (its summary and its curves)."""
     summary = read_summary(run_dir) or {}
     if stage is not None:
-        summary = (summary.get("stages") or {}).get(stage) or {}
+        stages = summary.get("stages") or {}
+        if stage not in stages:
+            raise ValueError(f"{run_dir} has no stage {stage!r} (a table row reads it); its "
+                             f"stages: {sorted(stages)}")
+        summary = stages[stage]
     rows = read_curves(run_dir, summary, stage or table.stage)
     at = best_row(rows, table.select) if table.select != "final" else None
     out: dict[str, float | None] = {}

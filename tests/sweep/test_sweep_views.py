@@ -81,6 +81,14 @@ def test_scatter_and_curves_read_each_views_stage(tmp_path):
     assert curves is not None and curves.is_file()
 
 
+def test_a_view_of_a_stage_the_study_lacks_fails_naming_it(tmp_path):
+    _runs(tmp_path)
+    arms = (spec.Arm("study"), spec.Arm("typo", run="study", stage="lnog"))
+    sweep = spec.Sweep(arms=arms, seeds=(0, 1), table=spec.Table(metrics=(ACC,)))
+    with pytest.raises(ValueError, match=r"no stage 'lnog'.*\['long', 'short'\]"):
+        collect(sweep, tmp_path)
+
+
 def test_bad_views_fail_when_declared():
     table = spec.Table(metrics=(ACC,))
     with pytest.raises(ValueError, match="not an arm that runs"):
