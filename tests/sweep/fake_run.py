@@ -4,6 +4,10 @@ writes a run directory in the single-stage layout, and records how it was starte
     fake_run.py -m rlcot.main run --config=FILE[:ARG] --workdir=DIR --config.KEY=VALUE ...
 
 train.log_every=7 fails; a workdir holding a file `interrupt_once` is left unfinished once.
+Each run marks itself running under ROOT/_running and records whether it saw another run
+running at the same time; the first two runs of a root wait up to $FAKE_RUN_WAIT_S seconds
+(default 0) for each other: a test of parallelism that does not depend on how fast
+processes start on a loaded machine.
 """
 
 import json
@@ -17,9 +21,21 @@ workdir = Path(args.pop("workdir"))
 workdir.mkdir(parents=True, exist_ok=True)
 overrides = {k[len("config."):]: v for k, v in args.items() if k.startswith("config.")}
 start = time.time()
-time.sleep(0.4)
+running = workdir.parents[1] / "_running"
+running.mkdir(exist_ok=True)
+me = running / str(os.getpid())
+me.touch()
+with open(running.parent / "_started", "a") as f:  # one line per run, in start order
+    f.write(f"{os.getpid()}\n")
+first_two = len((running.parent / "_started").read_text().split()) <= 2
+deadline = time.time() + (float(os.environ.get("FAKE_RUN_WAIT_S", "0")) if first_two else 0.0)
+while not (sibling := any(p != me for p in running.iterdir())) and time.time() < deadline:
+    time.sleep(0.02)
+time.sleep(0.1)  # still running when a later sibling looks
+me.unlink()
 with open(workdir / "invocations.jsonl", "a") as f:
-    f.write(json.dumps({"start": start, "end": time.time(), "config": args["config"],
+    f.write(json.dumps({"start": start, "end": time.time(), "sibling": sibling,
+                        "config": args["config"],
                         "overrides": overrides, "cpus": sorted(os.sched_getaffinity(0)),
                         "omp": os.environ.get("OMP_NUM_THREADS"),
                         "jax_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR")}) + "\n")
