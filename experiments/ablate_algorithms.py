@@ -87,6 +87,26 @@ sweep's grpo row re-run: those points ran at an earlier commit whose sampling st
 (their step-0 sampled evaluation of the same base model already differs; greedy is equal),
 so the two sweeps are separate draws and only rows of one sweep compare.
 Curves: docs/ablate_kl_curves.png, bars: docs/ablate_kl_bars.png.
+
+The group-size study (same day and machine, 2 points at a time beside other jobs; wall times
+are upper bounds), from the `table` command:
+
+| arm | greedy pass@1 (%) | pass@8 (%) | avg@8 (%) | response tokens (greedy) | checking rate (%) | tokens sampled (M) | wall time (min) | seeds | not finished |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---|
+| num_samples=2 | 85.3 ± 4.6 | 96.4 ± 0.5 | 65.1 ± 4.9 | 98.2 ± 0.8 | 100.0 ± 0.0 | 0.11 ± 0.00 | 2.1 ± 0.4 | 3/3 |  |
+| num_samples=4 | 96.4 ± 0.6 | 99.1 ± 0.1 | 78.3 ± 2.1 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.22 ± 0.00 | 2.7 ± 0.4 | 3/3 |  |
+| num_samples=8 | 96.7 ± 0.5 | 99.0 ± 0.5 | 81.6 ± 0.7 | 98.9 ± 0.1 | 100.0 ± 0.0 | 0.46 ± 0.00 | 5.5 ± 0.6 | 3/3 |  |
+| num_samples=16 | 97.4 ± 0.3 | 99.1 ± 0.6 | 84.2 ± 0.6 | 98.8 ± 0.0 | 100.0 ± 0.0 | 0.93 ± 0.00 | 5.1 ± 0.7 | 3/3 |  |
+
+Welch's t-test against G=8: G=2 is worse on pass@8 (96.4% against 99.0%, p=0.017) and, less
+surely, on greedy accuracy (85.3% ± 4.6, p=0.13: 89.5 / 76.2 / 90.2 per seed) and avg@8
+(65.1%, p=0.08); G=4 matches G=8 at half the sampled tokens; G=16 raises sampled accuracy
+(avg@8 84.2% against 81.6%, p=0.046) at twice the tokens, greedy accuracy unchanged. The G=8
+points are the KL study's coef=0.0 points run again (KL term in the loss at coefficient 0
+there, no KL term here): every value of their metrics.jsonl is identical, step by step, for
+all three seeds (timings aside), so a zero-weight KL term changes nothing and separate runs
+of one config reproduce each other. Curves: docs/ablate_group_size_curves.png, bars:
+docs/ablate_group_size_bars.png.
 """
 
 from __future__ import annotations
