@@ -15,13 +15,12 @@ Arms, all from the same cached base model (argument `FILE:ARM[,tiny|,qwen]`):
 Commands (2 CPU cores; the base model is built by the first point and cached for all others;
 --parallel 2 gives each point one core):
 
-    python -m rlcot.main run   --config experiments/r1_cold_start.py:zero --workdir runs/r1_cold_start/zero/seed_0 --config.seed=0 --stage base
     python -m rlcot.main sweep --config experiments/r1_cold_start.py --root runs/r1_cold_start --parallel 2
     python -m rlcot.main table --config experiments/r1_cold_start.py --root runs/r1_cold_start
     python -m rlcot.main plot  --config experiments/r1_cold_start.py --root runs/r1_cold_start
 
-(The first line builds the base model once before the parallel points start; without it
-the first two points would both train it.) One arm alone:
+(The first point to need the base model builds it; a parallel one waits and loads it.)
+One arm alone:
 `python -m rlcot.main run --config experiments/r1_cold_start.py:cold_lang --workdir DIR`.
 
 Why mixing arises. The world is r1_zero's world where checking is needed (the main pass

@@ -268,6 +268,18 @@ def _cache_key(cfg: SFTStageConfig, mesh_shape: dict[str, int]) -> str:
 
 
 def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
+    """Trains (or resumes) the stage. With train.cache, processes that would build the same
+    cache entry take turns: the first trains and writes it, the others wait and then load it
+    (parallel sweep points share one base model instead of each training it)."""
+    if not cfg.train.cache:
+        return _run(cfg, ctx)
+    from rlcot.toyworld import cache
+    settings = dataclasses.asdict(dataclasses.replace(cfg, eval={}, mesh=MeshConfig()))
+    with cache.building(f"sft-{cache.content_key(settings)}"):
+        return _run(cfg, ctx)
+
+
+def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     from rlcot import preempt, sources, world_setup
     from rlcot.checkpoint import Checkpointer
     from rlcot.rl.logprobs import batch_sharding, row_shards

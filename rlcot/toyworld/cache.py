@@ -3,17 +3,21 @@ and parameter (de)serialisation that restores the exact bits."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 ENV_CACHE_DIR = "RLCOT_TOYWORLD_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/rlcot/toyworld")
@@ -25,6 +29,25 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     chosen = chosen.expanduser()
     chosen.mkdir(parents=True, exist_ok=True)
     return chosen
+
+
+@contextlib.contextmanager
+def building(name: str, directory: str | os.PathLike | None = None) -> Iterator[None]:
+    """An exclusive lock named `name` in the cache directory, held while the block runs: one
+    process at a time builds a given entry, the others wait (then find it built). An advisory
+    file lock (flock), released by the kernel if the holder dies."""
+    import fcntl
+    path = cache_dir(directory) / f".{name}.lock"
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process building %s (lock %s)", name, path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def content_key(*parts: Any) -> str:
