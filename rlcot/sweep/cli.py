@@ -23,7 +23,7 @@ def sweep_command(config_spec: str, root: str, *, parallel: int = 1,
     failed = runner.run_sweep(config_spec, sweep, root, parallel=parallel,
                               echo=lambda s: print(s, flush=True))
     if failed:
-        print(f"{len(failed)} point(s) failed: {', '.join(p.name for p in failed)}")
+        print(f"{len(failed)} point(s) did not finish: {', '.join(p.name for p in failed)}")
         return 1
     return 0
 

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rlcot.preempt import EXIT_PREEMPTED
 from rlcot.sweep import results
 from rlcot.sweep.spec import Point, Sweep, format_value, split_config
 
@@ -142,7 +143,8 @@ def _fmt_s(s: float) -> str:
 def run_sweep(config_spec: str, sweep: Sweep, root: str | Path, *, parallel: int = 1,
               python: Sequence[str] = (sys.executable,), poll_s: float = 0.5,
               echo: Callable[[str], None] = print) -> list[Point]:
-    """Runs every point that is not finished; returns the points that failed."""
+    """Runs every point that is not finished; returns the points that did not finish (failed,
+    or stopped by a preemption signal: exit 75, resumed by the next sweep)."""
     if parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
     root = Path(root)
@@ -176,7 +178,9 @@ def run_sweep(config_spec: str, sweep: Sweep, root: str | Path, *, parallel: int
                 ok = rc == 0 and results.run_status(root / r.point.name) == results.FINISHED
                 if not ok:
                     failed.append(r.point)
-                state = "finished" if ok else f"FAILED (exit {rc})"
+                state = ("finished" if ok else
+                         f"stopped (preempted, exit {rc}): the next sweep resumes it"
+                         if rc == EXIT_PREEMPTED else f"FAILED (exit {rc})")
                 echo(f"[{done}/{len(points)}] {r.point.name}: {state} in {_fmt_s(took)}"
                      + ("" if ok else f"; log {root / 'logs' / _log_name(r.point)}"))
     finally:

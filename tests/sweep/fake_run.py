@@ -3,7 +3,8 @@ writes a run directory in the single-stage layout, and records how it was starte
 
     fake_run.py -m rlcot.main run --config=FILE[:ARG] --workdir=DIR --config.KEY=VALUE ...
 
-train.log_every=7 fails; a workdir holding a file `interrupt_once` is left unfinished once.
+train.log_every=7 fails; a workdir holding a file `interrupt_once` is left unfinished once
+(killed), one holding `preempt_once` once with exit status 75 (preempted).
 Each run marks itself running under ROOT/_running and records whether it saw another run
 running at the same time; the first two runs of a root wait up to $FAKE_RUN_WAIT_S seconds
 (default 0) for each other: a test of parallelism that does not depend on how fast
@@ -45,6 +46,9 @@ if overrides.get("train.log_every") == "7":
 seed = int(overrides["seed"])
 (workdir / "metrics.jsonl").write_text(
     "".join(json.dumps({"step": s, "reward/total/mean": 0.1 * s + seed}) + "\n" for s in (1, 2)))
+if (workdir / "preempt_once").exists():  # stopped by SIGTERM: rlcot's exit status 75
+    (workdir / "preempt_once").unlink()
+    sys.exit(75)
 if (workdir / "interrupt_once").exists():
     (workdir / "interrupt_once").unlink()
     sys.exit(-9 % 256)

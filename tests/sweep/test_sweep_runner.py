@@ -140,3 +140,22 @@ def test_sweep_runs_in_parallel_skips_finished_resumes_unfinished_reports_failur
     assert len(_invocations(root, "lr=0.25/seed_1")) == 2
     assert len(_invocations(root, "lr=0.5/seed_1")) == 1
     assert runner.results.run_status(root / "lr=0.25" / "seed_1") == "finished"
+
+
+def test_a_preempted_point_is_reported_as_stopped_and_resumed_next_time(tmp_path):
+    exp = _experiment(tmp_path, lrs=(0.5,), seeds=(0,))
+    sweep = spec.load_sweep(exp)
+    root = tmp_path / "root"
+    (root / "lr=0.5" / "seed_0").mkdir(parents=True)
+    (root / "lr=0.5" / "seed_0" / "preempt_once").write_text("")
+    lines = []
+    failed = runner.run_sweep(exp, sweep, root, poll_s=0.05, echo=lines.append,
+                              python=(sys.executable, str(FAKE_RUN)))
+    assert [p.name for p in failed] == ["lr=0.5/seed_0"]  # not finished
+    assert any("lr=0.5/seed_0: stopped (preempted, exit 75): the next sweep resumes it" in x
+               for x in lines), lines
+    assert not any("FAILED" in x for x in lines)
+    lines.clear()
+    assert runner.run_sweep(exp, sweep, root, poll_s=0.05, echo=lines.append,
+                            python=(sys.executable, str(FAKE_RUN))) == []
+    assert "[1/1] lr=0.5/seed_0: unfinished, will resume" in lines
