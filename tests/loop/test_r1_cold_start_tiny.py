@@ -2,7 +2,6 @@
 -> [cold start] -> rl) as its command, logs its mixing at every step, and fills its row of the
 table."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlcot.sweep.spec import load_experiment
 from rlcot.workdir import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,11 +21,7 @@ pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
 
 
 def _experiment():
-    spec = importlib.util.spec_from_file_location(
-        "r1_cold_start", ROOT / "experiments" / "r1_cold_start.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment(ROOT / "experiments" / "r1_cold_start.py")
 
 
 def _run(arm: str, workdir: Path) -> dict:

@@ -2,23 +2,19 @@
 and overlong shaping, with -m slow; PPO: a GAE critic, in the default suite), every arm with
 `-m slow`."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rlcot.sweep.spec import load_experiment
 from rlcot.workdir import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _experiment():
-    spec = importlib.util.spec_from_file_location(
-        "ablate_algorithms", ROOT / "experiments" / "ablate_algorithms.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment(ROOT / "experiments" / "ablate_algorithms.py")
 
 
 pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
