@@ -215,6 +215,7 @@ class PairTokens:
     chosen: list[list[int]]
     rejected: list[list[int]]
     lengths: np.ndarray           # per pair: the longer of its two rows (prompt + completion + eos)
+    index: np.ndarray | None = None  # per pair: its position in tokenize_pairs' input
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -242,7 +243,7 @@ def tokenize_pairs(pairs: list[tuple[str, str, str]], tokenizer: Any, max_tokens
     lengths = np.array([len(prompts[i]) + max(len(chosen[i]), len(rejected[i])) + 1
                         for i in keep], np.int64)
     return PairTokens([prompts[i] for i in keep], [chosen[i] for i in keep],
-                      [rejected[i] for i in keep], lengths), skipped
+                      [rejected[i] for i in keep], lengths, np.array(keep, np.int64)), skipped
 
 
 def collate_pairs(toks: PairTokens, idx: np.ndarray, *, pad_id: int, eos_id: int | None,

@@ -90,7 +90,9 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     probe = RewardCombiner(rc.rewards)  # validates the spec; lists what workers import
     pool = RewardPool(rc.train.reward_workers, preload=probe.worker_preload())
     probe.close()
-    combiner = RewardCombiner(rc.rewards, pool=pool)
+    from rlcot.rewards.models import load_models
+    combiner = RewardCombiner(rc.rewards, pool=pool,
+                              models=load_models(rc.rewards, resolver, mesh, tokenizer))
     ro = rc.rollout
     spec = SamplingSpec(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                         top_k=ro.top_k, top_p=ro.top_p, min_p=ro.min_p,

@@ -173,15 +173,17 @@ def collect(prompt_batches: Iterator[dict[str, Any]], generate: Callable, score:
         t0 = time.perf_counter()
         B = len(prompts["prompt_text"])
         examples = [ex for ex in prompts["example"] for _ in range(G)]
+        tb = trainer_batch(out)
         combined = score(RewardInput(
             prompts=[p for p in prompts["prompt_text"] for _ in range(G)], completions=texts,
             examples=examples, completion_lengths=lengths.astype(np.int32),
-            group_ids=np.repeat(np.arange(B, dtype=np.int32), G), truncated=truncated))
+            group_ids=np.repeat(np.arange(B, dtype=np.int32), G), truncated=truncated,
+            sequences=tb))
         stats["score_s"] += time.perf_counter() - t0
         total_BxG = np.asarray(combined.total, np.float32).reshape(B, G)
         filter_BxG = (np.asarray(combined.filter_values(filter_on), np.float32).reshape(B, G)
                       if dynamic_sampling else total_BxG)
-        rounds.append(dict(batch=trainer_batch(out), scores=total_BxG.reshape(-1),
+        rounds.append(dict(batch=tb, scores=total_BxG.reshape(-1),
                            components={k: np.asarray(v.values, np.float32)
                                        for k, v in combined.components.items()},
                            metrics=dict(combined.metrics), lengths=lengths, truncated=truncated,

@@ -16,6 +16,8 @@ class RewardInput:
 
     `examples[i]` is the dataset example of item i ('answer', 'task', 'tests', 'entry_point',
     'metadata', ...). Items with the same `group_ids` value are samples of one prompt.
+    `sequences` (optional): the sampled token rows (rlcot.sampling.TrainerBatch: tokens_NxL,
+    positions_NxL, valid_NxL), for rewards that run a model on tokens (reward_model).
     """
 
     prompts: Sequence[str]
@@ -24,6 +26,7 @@ class RewardInput:
     completion_lengths: np.ndarray | None = None  # int32 [N], in tokens
     group_ids: np.ndarray | None = None  # int32 [N]
     truncated: np.ndarray | None = None  # bool [N]
+    sequences: Any = None
 
     def __post_init__(self):
         n = len(self.completions)

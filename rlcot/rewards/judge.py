@@ -113,9 +113,12 @@ def _check_template(template: str) -> None:
 
 def ai_judge(batch: RewardInput, *, generate: Generate, template: str = DEFAULT_RUBRIC,
              scale_min: float = 0.0, scale_max: float = 10.0, fallback: float = 0.0,
-             reference_key: str = "answer", max_completion_chars: int = 8000) -> RewardOutput:
+             reference_key: str = "answer", max_completion_chars: int = 8000,
+             model: str | None = None, max_new_tokens: int = 16) -> RewardOutput:
     """Judge score normalized to [0, 1]; `fallback` when the reply has no in-range score or the
-    judge call fails (counted as n_parse_failures / n_errors). Range [0, 1]."""
+    judge call fails (counted as n_parse_failures / n_errors). Range [0, 1]. model: a model
+    source to judge with (rlcot.rewards.models: run greedily through rlcot's sampler, replies
+    of at most max_new_tokens); without it the combiner's `judge_generate` judges."""
     _check_template(template)
     prompts = [template.format(prompt=p, completion=c[-max_completion_chars:],
                                reference=str(ex.get(reference_key, "")))

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rlcot.rewards import code_exec, judge, language, length, math_answer, tasks
+from rlcot.rewards import code_exec, judge, language, length, math_answer, models, tasks
 from rlcot.rewards import format as format_rewards
 from rlcot.rewards.base import RewardFn, RewardInput, RewardOutput
 from rlcot.rewards.pool import RewardPool
@@ -29,10 +29,11 @@ REWARDS: dict[str, RewardFn] = {
     "cosine_length": length.cosine_length,
     "repetition_penalty": length.repetition_penalty,
     "ai_judge": judge.ai_judge,
+    "reward_model": models.reward_model,
 }
 
 # Parameters the combiner supplies itself: never written in a spec.
-_INJECTED = ("pool", "generate", "correct")
+_INJECTED = ("pool", "generate", "correct", "scorer", "models")
 
 # Rewards that say whether the answer is right (what DAPO's dynamic sampling filters on).
 ACCURACY_REWARDS = ("math_accuracy", "reasoning_gym", "code_tests")
@@ -94,6 +95,16 @@ class RewardTerm:
         if ("correct" in sig) != (self.accuracy is not None):
             raise ValueError(f"reward term {self.label!r}: 'accuracy' must be given exactly for "
                              f"rewards that need correctness (kimi_length, cosine_length)")
+        required = sorted(k for k, p in sig.items() if k != "batch" and k not in _INJECTED
+                          and p.default is inspect.Parameter.empty and k not in self.params)
+        if required:
+            raise ValueError(f"reward term {self.label!r} ({self.reward}): missing parameters "
+                             f"{required}")
+        if self.reward == "combination":
+            if not isinstance(self.params["terms"], Mapping):
+                raise ValueError(f"reward term {self.label!r} (combination): 'terms' must be a "
+                                 f"reward spec (label -> weight or term)")
+            parse_reward_spec(self.params["terms"])
 
 
 def parse_reward_spec(spec: Mapping[str, float | Mapping[str, Any]]) -> tuple[RewardTerm, ...]:
@@ -185,15 +196,19 @@ class RewardCombiner:
     """
 
     def __init__(self, spec: Mapping[str, Any], *, pool: RewardPool | None = None,
-                 judge_generate: judge.Generate | None = None):
+                 judge_generate: judge.Generate | None = None,
+                 models: Mapping[str, Any] | None = None):
         self.terms = parse_reward_spec(spec)
         self.accuracy_label = accuracy_label(self.terms)
         self._warned: set[str] = set()
         self.pool = pool
         self.judge_generate = judge_generate
+        self.models = models  # model source -> scorer / judge (rlcot.rewards.models.load_models)
         for t in self.terms:
-            if "generate" in inspect.signature(REWARDS[t.reward]).parameters and judge_generate is None:
-                raise ValueError(f"reward term {t.label!r} ({t.reward}) needs judge_generate")
+            if ("generate" in inspect.signature(REWARDS[t.reward]).parameters
+                    and judge_generate is None and not t.params.get("model")):
+                raise ValueError(f"reward term {t.label!r} ({t.reward}) needs judge_generate "
+                                 f"or a judge model ('model': a model source)")
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rewards")
 
     def worker_preload(self) -> tuple[str, ...]:
@@ -213,10 +228,21 @@ class RewardCombiner:
         if "pool" in sig:
             kwargs["pool"] = self.pool
         if "generate" in sig:
-            kwargs["generate"] = self.judge_generate
+            kwargs["generate"] = (self._model(params["model"]) if params.get("model")
+                                  else self.judge_generate)
+        if "scorer" in sig:
+            kwargs["scorer"] = self._model(params["model"])
+        if "models" in sig:
+            kwargs["models"] = self.models
         if correct is not None:
             kwargs["correct"] = correct
         return REWARDS[name](batch, **kwargs)
+
+    def _model(self, source: str) -> Any:
+        if self.models is None or source not in self.models:
+            raise ValueError(f"reward model or judge {source!r} is not loaded: build the "
+                             f"combiner with models=rlcot.rewards.models.load_models(spec, ...)")
+        return self.models[source]
 
     def __call__(self, batch: RewardInput) -> CombinedRewards:
         components: dict[str, RewardOutput] = {}
@@ -270,6 +296,25 @@ class RewardCombiner:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def combination(batch: RewardInput, *, terms: Mapping[str, Any], pool: RewardPool | None = None,
+                models: Mapping[str, Any] | None = None) -> RewardOutput:
+    """The weighted sum of a nested reward spec `terms`, as one term: e.g. the true preference
+    of a study, logged at weight 0 beside the learned reward being optimised. Metrics: the
+    nested terms' own (reward/LABEL/INNER/mean, ...). Range: the weighted sum of the nested
+    terms' ranges."""
+    inner = RewardCombiner(terms, pool=pool, models=models)
+    try:
+        out = inner(batch)
+    finally:
+        inner.close()
+    metrics = {k[len("reward/"):]: v for k, v in out.metrics.items()
+               if not k.endswith("/time_s") and k != "reward/total/mean"}
+    return RewardOutput(out.total, [{} for _ in range(len(batch))], metrics)
+
+
+REWARDS["combination"] = combination
 
 
 # ---- what the rewards read from examples (checked against datasets before compute) ------

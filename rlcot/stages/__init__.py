@@ -22,6 +22,8 @@ KINDS = {
     "eval": "rlcot.stages.evaluate",
     "dpo": "rlcot.stages.dpo",
     "merge": "rlcot.stages.merge",
+    "reward_model": "rlcot.stages.reward_model",
+    "compare": "rlcot.stages.compare",
 }
 
 

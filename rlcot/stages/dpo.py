@@ -9,8 +9,9 @@ The policy is `model.source` (default: the previous model stage); the reference 
 `model.reference` (default: the policy's starting point, i.e. `model.source` before any DPO
 step). The reference's sequence log-probs of every pair are computed once, before the first
 step, and stored in DIR/reference_logps.npz, so a resumed stage reads the same numbers. Pairs
-with an empty or identical chosen/rejected completion, or longer than `data.max_tokens`, are
-skipped and counted (summary `skipped`, and a warning). Batches are a pure function of
+with a missing field, an empty or identical chosen/rejected completion (rlcot.preferences), or
+longer than `data.max_tokens`, are skipped and counted (summary `skipped`, and a warning), or
+stop the stage when `data.on_bad_rows` is 'error'. Batches are a pure function of
 (seed, step) (rlcot.sft.batches) and the checkpoint holds the parameters, the optimizer state
 and the metrics of the unfinished log window, so a resumed stage ends bit for bit where an
 uninterrupted one does, metrics.jsonl included. `train.steps`, or `train.epochs` passes over
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from rlcot import dpo, run_config, sft
+from rlcot import dpo, preferences, run_config, sft
 from rlcot.sharding import MeshConfig
 from rlcot.toyworld.corpus import WorldConfig
 
@@ -43,12 +43,16 @@ REFERENCE_FILE = "reference_logps.npz"
 @dataclasses.dataclass(frozen=True)
 class DPOData:
     """dataset: 'stage:NAME' or 'jsonl:PATH'; limit: the first rows only; max_tokens: pairs
-    whose prompt + completion + eos is longer are skipped (default: the model's context)."""
+    whose prompt + completion + eos is longer are skipped (default: the model's context);
+    on_bad_rows: rows with a missing field, an empty response or a tie are skipped and
+    counted ('skip') or stop the stage ('error'), rlcot.preferences."""
     dataset: str = ""
     limit: int | None = None
     max_tokens: int | None = None
+    on_bad_rows: str = "skip"
 
     def __post_init__(self):
+        preferences.check_on_bad_rows(self.on_bad_rows)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit must be >= 1 or None, got {self.limit}")
 
@@ -151,34 +155,11 @@ def defaults(**fields: Any) -> Any:
 
 def load_pairs(data: DPOData, study_dir: Path | None
                ) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
-    """(prompt, chosen, rejected) texts of the dataset, and counts of skipped rows (an empty
-    or identical chosen/rejected completion). A row without the three fields is an error."""
-    name = data.dataset
-    if name.startswith("jsonl:"):
-        path = Path(name[len("jsonl:"):]).expanduser()
-    else:
-        path = Path(study_dir) / name[len("stage:"):] / "data.jsonl"
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(row.get(k), str)]
-        if missing:
-            raise ValueError(f"{path}:{i + 1}: a preference row needs text fields 'prompt', "
-                             f"'chosen' and 'rejected'; {missing} missing (has {sorted(row)})")
-        rows.append((row["prompt"], row["chosen"], row["rejected"]))
-    rows = rows[:data.limit]
-    skipped = {"empty": 0, "identical": 0}
-    kept = []
-    for p, c, r in rows:
-        if not c.strip() or not r.strip():
-            skipped["empty"] += 1
-        elif c.strip() == r.strip():
-            skipped["identical"] += 1
-        else:
-            kept.append((p, c, r))
-    return kept, skipped
+    """(prompt, chosen, rejected) texts of the dataset, and counts of skipped rows
+    (rlcot.preferences.load_pairs: missing fields, empty responses, ties)."""
+    rows, skipped = preferences.load_pairs(data.dataset, study_dir, limit=data.limit,
+                                           on_bad_rows=data.on_bad_rows)
+    return [(r["prompt"], r["chosen"], r["rejected"]) for r in rows], skipped
 
 
 def _load_or_compute_reference(path: Path, key: str, compute: Any
@@ -226,7 +207,7 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     texts, skipped = load_pairs(cfg.data, ctx.study_dir)
     rows_read = len(texts) + sum(skipped.values())
     toks, more = dpo.tokenize_pairs(texts, tok, cfg.data.max_tokens, policy.cfg.max_position)
-    skipped = {"empty": skipped["empty"], "identical": skipped["identical"] + more["identical"],
+    skipped = {**skipped, "tie": skipped["tie"] + more["identical"],
                "too_long": more["too_long"]}
     if any(skipped.values()):
         log.warning("dpo data %s: skipped %s of %d pairs", cfg.data.dataset, skipped, rows_read)

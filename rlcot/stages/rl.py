@@ -22,7 +22,9 @@ def resolve(values: dict[str, Any]) -> run_config.RunConfig:
 
 
 def sources(cfg: run_config.RunConfig) -> dict[str, str | None]:
-    return {"model.source": cfg.model.source, "model.reference": cfg.model.reference}
+    from rlcot.rewards.models import plan_sources
+    return {"model.source": cfg.model.source, "model.reference": cfg.model.reference,
+            **plan_sources(cfg.rewards)}
 
 
 def run(cfg: run_config.RunConfig, ctx: Any) -> dict[str, Any]:

@@ -38,12 +38,13 @@ def table_command(config_spec: str, root: str) -> int:
 
 
 def plot_command(config_spec: str, root: str) -> int:
-    from rlcot.sweep.plot import plot_bars, plot_curves, plot_scatter
+    from rlcot.sweep.plot import plot_bars, plot_curves, plot_scatter, plot_trajectories
     from rlcot.sweep.table import collect
     sweep = load_sweep(config_spec)
     Path(root).mkdir(parents=True, exist_ok=True)
     rows = collect(sweep, root)
     written = [p for p in (plot_curves(sweep, root), plot_bars(sweep, rows, root),
                            plot_scatter(sweep, rows, root)) if p is not None]
+    written += plot_trajectories(sweep, root)
     print("wrote " + (", ".join(map(str, written)) if written else "nothing (no finished runs)"))
     return 0

@@ -1,6 +1,7 @@
 """A sweep's plots: curves over steps per arm (mean over finished seeds, a band of +- one
 standard error), a bar chart of the table's main metric with standard-error bars, and, when
-the table names a scatter, one point per arm and seed of two metrics (a frontier)."""
+the table names a scatter, one point per arm and seed of two metrics (a frontier); and the
+table's trajectories, one per-step metric against another along training."""
 
 from __future__ import annotations
 
@@ -159,3 +160,68 @@ def plot_scatter(sweep: Sweep, rows: list[Row], root: str | Path,
 
 def _per_seed(row: Row, metric: str) -> list[float | None]:
     return [row.per_seed.get(s, {}).get(metric) for s in sorted(row.per_seed)]
+
+
+def _paired(rows: list[dict], x: str, y: str) -> dict[int, tuple[float, float]]:
+    out = {}
+    for r in rows:
+        vx, vy = r.get(x), r.get(y)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in (vx, vy)):
+            out[int(r["step"])] = (float(vx), float(vy))
+    return out
+
+
+def plot_trajectories(sweep: Sweep, root: str | Path) -> list[Path]:
+    """One figure per table trajectory, trajectory_<n>.png: for each (label, stage) curve, the
+    seeds' mean (x, y) at each step (a line from the first step's point, marked) and each
+    seed's own line, faint."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(root)
+    written = []
+    colors = plt.get_cmap("tab10")
+    for n, tr in enumerate(sweep.table.trajectories):
+        fig, ax = plt.subplots(figsize=(6.0, 4.5))
+        drawn = False
+        for i, (label, stage) in enumerate(tr.curves):
+            for arm in sweep.running_arms:
+                seeds = []
+                for seed in sweep.seeds:
+                    d = sweep.run_dir(root, arm, seed)
+                    if results.run_status(d) != results.FINISHED:
+                        continue
+                    summary = results.read_summary(d)
+                    if stage not in (summary.get("stage_order") or ()):
+                        continue
+                    pts = _paired(results.read_curves(d, summary, stage), tr.x, tr.y)
+                    if pts:
+                        seeds.append(pts)
+                if not seeds:
+                    continue
+                drawn = True
+                c = colors((i + len(tr.curves) * sweep.running_arms.index(arm)) % 10)
+                for pts in seeds:
+                    xs, ys = zip(*(pts[s] for s in sorted(pts)))
+                    ax.plot(xs, ys, color=c, alpha=0.25, linewidth=0.8)
+                steps = sorted(set.intersection(*(set(p) for p in seeds)))
+                mx = [sum(p[s][0] for p in seeds) / len(seeds) for s in steps]
+                my = [sum(p[s][1] for p in seeds) / len(seeds) for s in steps]
+                name = label if len(sweep.running_arms) == 1 else f"{arm.name}: {label}"
+                ax.plot(mx, my, color=c, linewidth=2, label=f"{name} (n={len(seeds)})")
+                if mx:
+                    ax.plot(mx[:1], my[:1], color=c, marker="o", ms=6)
+                    ax.plot(mx[-1:], my[-1:], color=c, marker="s", ms=6)
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_xlabel(tr.x)
+        ax.set_ylabel(tr.y)
+        ax.set_title(f"{tr.title}\n(mean over seeds per step: o first step, s last; faint: "
+                     f"each seed)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        written.append(save_figure(fig, root / f"trajectory_{n}.png"))
+    return written

@@ -139,6 +139,23 @@ class Metric:
 
 
 @dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """A plot of one per-step metric against another along training (e.g. the true score
+    against the learned reward over PPO steps: the over-optimisation curve). curves: (label,
+    stage) pairs, read from that stage of every run of the sweep's running arms (mean over
+    seeds at each step; one faint line per seed)."""
+    title: str
+    x: str
+    y: str
+    curves: tuple[tuple[str, str], ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "curves", tuple((str(a), str(b)) for a, b in self.curves))
+        if not self.curves:
+            raise ValueError(f"trajectory {self.title!r} has no curves")
+
+
+@dataclasses.dataclass(frozen=True)
 class Table:
     """The sweep's table. select: 'final' (each run's summary values), or best step by a
     curve key, 'max:KEY' / 'min:KEY' (e.g. 'max:eval/toyworld:test/greedy/pass@1'): eval and
@@ -147,7 +164,8 @@ class Table:
     stage: the stage whose curves are read (default the study's final stage; an arm's own
     `stage` wins). panels: more (title, per-step key pattern) curves for the plot command,
     after its default ones. scatter: (x metric, y metric) names: the plot command also draws
-    one point per arm and seed (e.g. accuracy against response length, a frontier)."""
+    one point per arm and seed (e.g. accuracy against response length, a frontier).
+    trajectories: Trajectory plots the plot command draws too."""
     metrics: tuple[Metric, ...]
     select: str = "final"
     main: str | None = None
@@ -156,9 +174,11 @@ class Table:
     row_keys: tuple[str, ...] = ()
     panels: tuple[tuple[str, str], ...] = ()
     scatter: tuple[str, str] | None = None
+    trajectories: tuple[Trajectory, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "trajectories", tuple(self.trajectories))
         object.__setattr__(self, "panels", tuple((str(t), str(k)) for t, k in self.panels))
         if not self.metrics:
             raise ValueError("a table needs at least one metric")

@@ -2,6 +2,7 @@
 finite differences on a tiny model, exact micro-batching, bad pairs skipped and counted, and a
 tiny study base -> generate (pairs) -> dpo that resumes exactly."""
 
+import dataclasses
 import json
 import math
 
@@ -214,7 +215,7 @@ def test_bad_pairs_are_skipped_and_counted(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
     data = dpo_stage.DPOData(dataset=f"jsonl:{path}", max_tokens=20)
     texts, skipped = dpo_stage.load_pairs(data, None)
-    assert skipped == {"empty": 2, "identical": 2}
+    assert skipped == {"invalid": 0, "missing": 0, "empty": 2, "tie": 2}
     toks, more = dpo.tokenize_pairs(texts, _CharTokenizer(), data.max_tokens, 64)
     assert more == {"too_long": 1, "identical": 1}  # 'A' and 's' are both id 17
     assert len(toks.lengths) == 2 and list(toks.lengths) == [1 + 12 + 1, 1 + 9 + 1]
@@ -222,9 +223,14 @@ def test_bad_pairs_are_skipped_and_counted(tmp_path):
                                 ref=(np.array([-1.0, -2.0]), np.array([-3.0, -4.0])))
     assert b["chosen"]["tokens_BxT"].shape == b["rejected"]["tokens_BxT"].shape == (2, 16)
     np.testing.assert_array_equal(b["ref_rejected_logp_B"], [-3.0, -4.0])
-    path.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
-    with pytest.raises(ValueError, match=r"pairs.jsonl:1: .*\['rejected'\] missing"):
-        dpo_stage.load_pairs(data, None)
+    path.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n" + "[1]\n"
+                    + json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "tie": True})
+                    + "\n")
+    assert dpo_stage.load_pairs(data, None) == ([], {"invalid": 1, "missing": 1, "empty": 0,
+                                                     "tie": 1})
+    strict = dataclasses.replace(data, on_bad_rows="error")
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: text fields \['rejected'\] missing"):
+        dpo_stage.load_pairs(strict, None)
 
 
 def test_stage_config_checks():
@@ -285,7 +291,7 @@ def test_study_trains_and_resumes_exactly(tmp_path):
     assert summary["finished"] and summary["stage_order"] == ["base", "gen", "dpo"]
     gen, d = summary["stages"]["gen"], summary["stages"]["dpo"]
     assert d["rows"] == gen["rows"] >= 4 and d["pairs"] == gen["rows"]
-    assert d["skipped"] == {"empty": 0, "identical": 0, "too_long": 0}
+    assert d["skipped"] == {"invalid": 0, "missing": 0, "empty": 0, "tie": 0, "too_long": 0}
     assert d["reference"] == "stage:base" and not d["reference_stored"]
     rows = read_metrics(tmp_path / "dpo")
     assert [r["step"] for r in rows] == [2, 4]
