@@ -29,7 +29,7 @@ One study per seed (argument `FILE` or `FILE:tiny`), its stages in order:
                   (gamma 1, lambda 1, whitened), PPO clipping 0.2, KL to the base policy in the
                   reward (k1, coef 0.05), 60 steps of 16 prompts x 4 samples; the true score
                   is logged beside at weight 0 (reward/true/mean) but never optimised
-    dpo           DPO from base on the human pairs (sigmoid, beta 0.1, 2 epochs)
+    dpo           DPO from base on the human pairs (sigmoid, beta 0.1, lr 1e-4, 2 epochs)
     cmp_rlhf, cmp_rlaif, cmp_dpo
                   each trained policy against the base model on 256 held-out prompts x 4
                   samples at temperature 1 (stage kind `compare`): win rate under the true
@@ -163,7 +163,7 @@ def toy() -> config_dict.ConfigDict:
     c.stages.dpo = stages.defaults(
         "dpo", model={"source": "stage:base"}, data={"dataset": "stage:pairs_human"},
         loss={"name": "sigmoid", "beta": 0.1},
-        optimizer={"learning_rate": 2e-5, "warmup_steps": 5, "end_lr_ratio": 0.1,
+        optimizer={"learning_rate": 1e-4, "warmup_steps": 5, "end_lr_ratio": 0.1,
                    "weight_decay": 0.0, "max_grad_norm": 1.0},
         train={"epochs": 2, "batch_size": 16, "checkpoint_every": 50, "log_every": 10},
         eval=ev)
@@ -226,6 +226,8 @@ def _policy_table(baseline: bool) -> spec.Table:
         spec.Metric("start's true score", f"{e}baseline/true", digits=3),
         spec.Metric("human RM reward", f"{e}rm_human", digits=2),
         spec.Metric("AI RM reward", f"{e}rm_ai", digits=2),
+        spec.Metric("human RM agrees with truth (%)", f"{e}agree/rm_human", **pct),
+        spec.Metric("AI RM agrees with truth (%)", f"{e}agree/rm_ai", **pct),
         spec.Metric("KL from start (nats/seq)", f"{e}kl", digits=2),
         spec.Metric("tokens", f"{e}length", digits=1),
         spec.Metric("accuracy (%)", f"{e}true/accuracy/mean", **pct),

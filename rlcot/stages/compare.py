@@ -14,6 +14,11 @@ the same prompt. Reported (summary `eval_after`):
                   temperature 1 without filters; otherwise a divergence on the sampled
                   distribution, and the summary says so)
   length          mean completion tokens (baseline/length: the baseline's)
+  agree/LABEL     for each other term (e.g. a learned reward logged at weight 0): the share of
+                  meetings not tied under `win_by` in which LABEL prefers the same side as
+                  `win_by` does (a tie under LABEL counts half): a learned reward's agreement
+                  with the true preference ON THE TRAINED MODEL'S SAMPLES, to hold against its
+                  held-out accuracy on the data it was trained on (reward hacking lowers it)
 
 Per-sample records go to DIR/samples.jsonl.
 """
@@ -79,6 +84,18 @@ def sources(cfg: CompareStageConfig) -> dict[str, str | None]:
 def defaults(**fields: Any) -> Any:
     from ml_collections import config_dict
     return config_dict.ConfigDict({"kind": "compare", **fields})
+
+
+def agreement(x_model: np.ndarray, x_base: np.ndarray, y_model: np.ndarray,
+              y_base: np.ndarray) -> float | None:
+    """Share of meetings not tied under y in which x prefers the same side as y (a tie under x
+    counts half); None when every meeting ties under y."""
+    decided = y_model != y_base
+    if not decided.any():
+        return None
+    dx = np.sign(np.asarray(x_model) - np.asarray(x_base))[decided]
+    dy = np.sign(np.asarray(y_model) - np.asarray(y_base))[decided]
+    return float(np.mean((dx == dy) + 0.5 * (dx == 0)))
 
 
 def _sample_and_score(sampler: Any, tok: Any, batches: list[dict[str, Any]], combiner: Any,
@@ -208,6 +225,9 @@ def run(cfg: CompareStageConfig, ctx: Any) -> dict[str, Any]:
     for k in tm:
         result[k] = float(np.mean(tm[k]))
         result[f"baseline/{k}"] = float(np.mean(tb_[k]))
+    for k in tm:
+        if k != cfg.win_by and (a := agreement(tm[k], tb_[k], win_m, win_b)) is not None:
+            result[f"agree/{k}"] = a
     for k, v in _mean_metrics(runs["model"]["metrics"]).items():
         if k.count("/") > 1:  # nested terms: true/accuracy/mean, ...
             result[k] = v
@@ -219,7 +239,9 @@ def run(cfg: CompareStageConfig, ctx: Any) -> dict[str, Any]:
         for i in range(n):
             f.write(json.dumps({"prompt_index": i // G, "sample": i % G, "model": texts_m[i],
                                 "baseline": texts_b[i], "model_score": float(win_m[i]),
-                                "baseline_score": float(win_b[i]), "kl": float(kl[i])}) + "\n")
+                                "baseline_score": float(win_b[i]), "kl": float(kl[i]),
+                                "terms": {k: float(tm[k][i]) for k in tm},
+                                "baseline_terms": {k: float(tb_[k][i]) for k in tb_}}) + "\n")
     return {"seed": cfg.seed, "model": cfg.model.source, "baseline": cfg.baseline,
             "prompts": n_prompts, "samples_per_prompt": G, "win_by": cfg.win_by,
             "kl_estimate": ("unbiased (temperature 1, no filters)"

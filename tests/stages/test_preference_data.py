@@ -113,3 +113,12 @@ def test_study_plan_checks_reward_model_and_judge_sources():
     with pytest.raises(ValueError, match="names a later stage"):
         study.plan({**cfg("stage:rm", "stage:base"), "stage_order": ("base", "pairs", "ppo",
                                                                      "rm")})
+
+
+def test_compare_agreement_by_hand():
+    from rlcot.stages.compare import agreement
+    y_m, y_b = np.array([1.0, 0.0, 0.5, 0.3]), np.array([0.0, 1.0, 0.5, 0.1])
+    x_m, x_b = np.array([2.0, 3.0, 9.0, 1.0]), np.array([1.0, 1.0, 0.0, 1.0])
+    # meetings 0, 1, 3 are decided under y; x agrees on 0, disagrees on 1, ties on 3
+    assert agreement(x_m, x_b, y_m, y_b) == pytest.approx((1 + 0 + 0.5) / 3)
+    assert agreement(x_m, x_b, y_b, y_b) is None
