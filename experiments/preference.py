@@ -15,7 +15,8 @@ One study per seed (argument `FILE` or `FILE:tiny`), its stages in order:
                   2 pairs per prompt; the preferred one drawn by Bradley-Terry from the true
                   scores at temperature 0.3 (P = sigmoid(diff / 0.3)); equal scores are ties
                   (skipped)
-    judge_data    SFT rows for the AI judge: 4 samples on 512 other train prompts, each graded
+    judge_data    SFT rows for the AI judge: 4 samples on a seeded random draw of 512 train
+                  prompts (some may be among the pairs' prompts, never their samples), graded
                   " N/10" from its true score (N = round(10 (score + 0.5) / 2))
     judge         the AI judge: the base model fine-tuned on those rows (300 steps of 32): an
                   imperfect grader, as AI labellers are
@@ -45,7 +46,60 @@ Commands (2 CPU cores):
 The last one: the labellers and reward models (label agreement with the true preference,
 held-out reward-model accuracy against the labels and against the truth, calibration).
 
-RESULTS: see the end of this docstring (filled in from the commands above).
+Measured 2026-11-30 on 2 cores of an AMD EPYC (per machine type), 3 seeds, from the commands
+above. The three studies ran at once beside other jobs (4-5 processes on the 2 cores), so
+wall times are upper bounds: per seed base 2-4 s (cached), pairs_human 19-45 s, judge_data
+8-38 s, judge 123-366 s, pairs_ai 72-106 s, each reward model 95-215 s, each PPO stage
+376-655 s, dpo 143-211 s, each compare stage 40-88 s; about 30 min per seed in all.
+
+| arm | win rate vs start, true pref. (%) | true score | human RM reward | AI RM reward | human RM agrees with truth (%) | AI RM agrees with truth (%) | KL from start (nats/seq) | tokens | accuracy (%) | English share (%) |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| RLHF (PPO, human RM) | 72.9 ± 0.9 | 1.293 ± 0.007 | 1.13 ± 0.03 | 1.19 ± 0.05 | 85.0 ± 1.3 | 86.4 ± 1.0 | 2.28 ± 0.18 | 99.5 ± 0.2 | 86.1 ± 1.0 | 97.1 ± 0.9 |
+| RLAIF (PPO, AI-label RM) | 73.3 ± 0.6 | 1.302 ± 0.008 | 1.13 ± 0.03 | 1.20 ± 0.04 | 85.5 ± 0.9 | 86.3 ± 1.0 | 2.37 ± 0.21 | 99.7 ± 0.2 | 86.6 ± 0.7 | 98.3 ± 0.4 |
+| DPO (human pairs) | 64.6 ± 0.3 | 1.150 ± 0.010 | 1.08 ± 0.02 | 1.14 ± 0.04 | 76.4 ± 0.8 | 76.8 ± 0.1 | 5.07 ± 0.52 | 100.7 ± 0.4 | 72.9 ± 0.9 | 98.0 ± 0.5 |
+
+Mean ± standard error over seeds 0, 1, 2, on 256 held-out prompts x 4 samples at temperature
+1 per model; the starting (base) policy's own samples: true score 0.833 ± 0.014, 57.6 tokens,
+accuracy 37.6%.
+Win rate: the trained policy's sample k against the base model's sample k on the same prompt,
+judged by the true preference (a tie counts half). Learned rewards are 'reference'-normalised
+(0-mean, unit-std on the base model's sampled responses they were trained on). "RM agrees with
+truth": on those same meetings, the share where the reward model prefers the side the true
+preference prefers. Welch's t-test against RLHF: RLAIF p >= 0.36 on every column (no
+difference); DPO lower win rate (p = 0.006), true score and accuracy (p < 0.001), twice the KL
+(p = 0.024).
+
+The labellers and their reward models (`FILE:labels` table):
+
+| labels -> reward model | labels agree with truth (%) | pairs | RM held-out accuracy vs labels (%) | RM held-out accuracy vs truth (%) | RM calibration error (ECE) |
+|---|---:|---:|---:|---:|---:|
+| human labels -> RM | 86.5 ± 0.5 | 891 ± 22 | 80.0 ± 3.6 | 87.4 ± 7.3 | 0.086 ± 0.022 |
+| AI judge labels -> RM | 95.7 ± 0.4 | 865 ± 25 | 92.7 ± 0.9 | 89.1 ± 1.3 | 0.159 ± 0.015 |
+
+What it shows, at this size:
+- RLHF and RLAIF end in the same place (72.9 vs 73.3% wins, true score 1.29 vs 1.30). The AI
+  judge is a better labeller than the noisy "humans" (95.7 vs 86.5% agreement with the truth):
+  in this world a right answer comes with a visible check, a surface feature a small judge
+  learns; its reward model is no better against the truth (89.1 vs 87.4%) and is less
+  calibrated (ECE 0.16 vs 0.09: the cleaner labels make it over-confident).
+- Reward hacking shows as a drop of the learned rewards' agreement with the truth from the
+  data they were trained on (87-89% held out, base-model samples) to the trained policies'
+  samples (85-86% after PPO, 76-77% after DPO), not as a falling true score: over 60 PPO steps
+  with the KL penalty at 0.05 the true score rises with the learned reward and both plateau
+  (docs/preference_overoptimisation.png: no turn-over, the over-optimisation regime of Gao et
+  al. is not reached; a longer run or a smaller KL coefficient would be the next experiment).
+- DPO on the same human pairs improves on the start (64.6% wins, greedy held-out accuracy 93-99%
+  from 31%) but less than PPO, at twice PPO's KL from the start (5.1 vs 2.3 nats per sequence):
+  it learns from the base model's pairs only, off-policy, while PPO keeps sampling.
+- The length term does not bind: every method ends at ~100 tokens (one checked pass), where
+  the conciseness penalty starts.
+Tuning (seed 0; seeds 1 and 2 are the check): DPO at lr 2e-5 (the Kimi study's) barely moved
+the policy (59.6% wins, greedy accuracy unchanged at 31.2%); lr 1e-4 is the table's. The KL
+coefficient, PPO steps and the reward-model settings were set once and not tuned.
+
+`tiny` (the test suite's variant): every stage for a few steps on a quickly pre-trained base
+model; a smoke test, not a result (its judge grades everything alike, so a 1e-3 weight of the
+true score breaks its ties).
 """
 
 from __future__ import annotations
@@ -90,7 +144,8 @@ def _r1_zero():
     return spec.load_experiment(Path(__file__).with_name("r1_zero.py"))
 
 
-def _pairs(rewards: dict, label_by: str, temperature: float, prompts: int) -> config_dict.ConfigDict:
+def _pairs(rewards: dict, label_by: str, temperature: float,
+           prompts: int) -> config_dict.ConfigDict:
     return stages.defaults("generate", model={"source": "stage:base"}, select="labelled_pairs",
                            prompts=prompts, rewards=rewards, label_by=label_by,
                            label_temperature=temperature, agreement_with="true",
@@ -211,7 +266,7 @@ VARIANTS = {"toy": toy, "tiny": tiny}
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-    variant = arg or "toy"
+    variant = "toy" if arg in (None, "labels") else arg  # 'labels': a table view of toy runs
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
     return VARIANTS[variant]()
