@@ -273,6 +273,21 @@ def resolve(config: Any) -> RunConfig:
 _SCALARS = (bool, int, float, str)
 
 
+def stage_defaults(kind: str, cls: type, fields: Mapping[str, Any]) -> Any:
+    """A stage kind's ConfigDict: `kind` plus every field of `cls` (a stage config with a
+    `model` section) at its default, then `fields` (nested mappings merge). The study-wide
+    sections (seed, mesh, world) and model.source are left out: the stage inherits them (the
+    source: the previous model stage) unless `fields` sets them."""
+    from ml_collections import config_dict
+
+    from rlcot.study import deep_merge
+    base = _as_config(cls(model=ModelSection("stage:x")))
+    for k in ("seed", "mesh", "world"):
+        del base[k]
+    del base.model["source"]
+    return config_dict.ConfigDict({"kind": kind, **deep_merge(base.to_dict(), _plain(fields))})
+
+
 def _as_config(obj: Any) -> Any:
     """A dataclass instance as a ConfigDict of all its init fields (recursively). A None field
     of a simple type becomes a typed placeholder, so `--config.KEY=VALUE` can still set it."""

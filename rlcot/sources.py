@@ -141,6 +141,21 @@ def restore_params(stage_dir: Path, params_like: Any) -> tuple[Any, int]:
     return params, step
 
 
+def placed_abstract(abstract: Any, mesh: jax.sharding.Mesh | None) -> Any:
+    """An abstract nnx state whose leaves carry their training shardings on `mesh` (what a
+    restore places the arrays as); unchanged without a mesh."""
+    if mesh is None:
+        return abstract
+    from flax import nnx
+
+    from rlcot.sharding import TRAIN_RULES, state_shardings
+    shardings = state_shardings(abstract, mesh, TRAIN_RULES)
+    return jax.tree.map(
+        lambda v, s: v.replace(jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype,
+                                                    sharding=s)),
+        abstract, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class PolicyOnly:
@@ -230,7 +245,6 @@ class Resolver:
                                else tokenizer, **overrides)
             return dataclasses.replace(model, tokenizer=tok) if tok is not None else model
         from rlcot.models.transformer import abstract_model
-        from rlcot.sharding import TRAIN_RULES, state_shardings
         stage_dir = self.directory(source)
         card = read_model_card(stage_dir)
         dtypes = {k: v for k, v in overrides.items() if k in ("dtype", "param_dtype")}
@@ -240,14 +254,7 @@ class Resolver:
                              f"param_dtype can be overridden, not {other}")
         cfg = config_from_dict(card["config"])
         graphdef, abstract = abstract_model(cfg)
-        if mesh is not None:
-            from flax import nnx
-            shardings = state_shardings(abstract, mesh, TRAIN_RULES)
-            abstract = jax.tree.map(
-                lambda v, s: v.replace(jax.ShapeDtypeStruct(v.get_value().shape,
-                                                            v.get_value().dtype, sharding=s)),
-                abstract, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-        params, _ = restore_params(stage_dir, abstract)
+        params, _ = restore_params(stage_dir, placed_abstract(abstract, mesh))
         if dtypes:
             cfg = cfg.replace(**dtypes)
             if "param_dtype" in dtypes:

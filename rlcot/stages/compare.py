@@ -138,14 +138,12 @@ def _mean_metrics(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]
 def run(cfg: CompareStageConfig, ctx: Any) -> dict[str, Any]:
     import jax
 
-    from rlcot import world_setup
-    from rlcot.data.pipeline import PipelineConfig, PromptPipeline
     from rlcot.rewards import RewardCombiner
     from rlcot.rewards.models import load_models
-    from rlcot.rewards.registry import required_fields
     from rlcot.rl.logprobs import batch_sharding, make_logprob_fn, row_shards
     from rlcot.rollout import off_policy_settings
     from rlcot.sampling import Sampler, SamplingSpec
+    from rlcot.stages.generate import one_pass_pipeline
     from rlcot.stages.merge import vocab_fingerprint
     from rlcot.workdir import write_json
 
@@ -159,14 +157,8 @@ def run(cfg: CompareStageConfig, ctx: Any) -> dict[str, Any]:
     if base.tokenizer is not None and vocab_fingerprint(base.tokenizer) != vocab_fingerprint(tok):
         raise ValueError(f"baseline {cfg.baseline!r} has another tokenizer than the model "
                          f"{cfg.model.source!r}")
-    d, ro = cfg.data, cfg.rollout
-    pipeline = PromptPipeline(
-        world_setup.data_source(cfg.world, d.dataset, d.split), tok,
-        PipelineConfig(batch_size=d.batch_prompts, template=d.template,
-                       max_prompt_tokens=d.max_prompt_tokens, shuffle=d.shuffle, seed=cfg.seed,
-                       num_epochs=1, drop_remainder=False, on_bad_rows=d.on_bad_rows,
-                       required_fields=required_fields(cfg.rewards)),
-        label=f"{d.dataset}/{d.split}")
+    ro = cfg.rollout
+    pipeline = one_pass_pipeline(cfg, tok)
     n_prompts = pipeline.num_kept if cfg.prompts is None else min(cfg.prompts, pipeline.num_kept)
     it = iter(pipeline.iterator())
     batches, got = [], 0

@@ -140,15 +140,7 @@ def sources(cfg: DPOStageConfig) -> dict[str, str | None]:
 def defaults(**fields: Any) -> Any:
     """Every field at its default, except model.source: left out, the study fills in the
     previous model stage."""
-    from ml_collections import config_dict
-
-    from rlcot.study import deep_merge
-    base = run_config._as_config(DPOStageConfig(model=run_config.ModelSection("stage:x")))
-    for k in ("seed", "mesh", "world"):  # inherited from the study unless the stage sets them
-        del base[k]
-    del base.model["source"]
-    values = deep_merge(base.to_dict(), run_config._plain(fields))
-    return config_dict.ConfigDict({"kind": "dpo", **values})
+    return run_config.stage_defaults("dpo", DPOStageConfig, fields)
 
 
 # ---- data -------------------------------------------------------------------------------------

@@ -178,13 +178,27 @@ def judge_rows(prompt: str, texts: list[str], total_N: np.ndarray, template: str
              "completion": f" {int(g)}/10"} for t, g in zip(texts, grades) if t.strip()]
 
 
+def one_pass_pipeline(cfg: Any, tokenizer: Any) -> Any:
+    """One pass over a stage's prompts (its `data` section, seeded by its `seed`), rows the
+    rewards cannot judge skipped: for the stages that sample from a fixed prompt set."""
+    from rlcot import world_setup
+    from rlcot.data.pipeline import PipelineConfig, PromptPipeline
+    from rlcot.rewards.registry import required_fields
+    d = cfg.data
+    return PromptPipeline(
+        world_setup.data_source(cfg.world, d.dataset, d.split), tokenizer,
+        PipelineConfig(batch_size=d.batch_prompts, template=d.template,
+                       max_prompt_tokens=d.max_prompt_tokens, shuffle=d.shuffle, seed=cfg.seed,
+                       num_epochs=1, drop_remainder=False, on_bad_rows=d.on_bad_rows,
+                       required_fields=required_fields(cfg.rewards)),
+        label=f"{d.dataset}/{d.split}")
+
+
 def run(cfg: GenerateStageConfig, ctx: Any) -> dict[str, Any]:
     import jax
 
-    from rlcot import preempt, world_setup
-    from rlcot.rewards.registry import required_fields
+    from rlcot import preempt
     from rlcot.toyworld.cache import write_atomic
-    from rlcot.data.pipeline import PipelineConfig, PromptPipeline
     from rlcot.rewards import RewardCombiner, RewardInput
     from rlcot.sampling import Sampler, SamplingSpec, completion_texts, trainer_batch
     from rlcot.workdir import Progress, write_json
@@ -195,13 +209,7 @@ def run(cfg: GenerateStageConfig, ctx: Any) -> dict[str, Any]:
     policy = ctx.resolver.load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
     tok = policy.tokenizer
     d, ro = cfg.data, cfg.rollout
-    pipeline = PromptPipeline(
-        world_setup.data_source(cfg.world, d.dataset, d.split), tok,
-        PipelineConfig(batch_size=d.batch_prompts, template=d.template,
-                       max_prompt_tokens=d.max_prompt_tokens, shuffle=d.shuffle, seed=cfg.seed,
-                       num_epochs=1, drop_remainder=False, on_bad_rows=d.on_bad_rows,
-                       required_fields=required_fields(cfg.rewards)),
-        label=f"{d.dataset}/{d.split}")
+    pipeline = one_pass_pipeline(cfg, tok)
     n_prompts = pipeline.num_kept if cfg.prompts is None else min(cfg.prompts,
                                                                    pipeline.num_kept)
     n_batches = -(-n_prompts // d.batch_prompts)

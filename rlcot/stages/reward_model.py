@@ -128,15 +128,9 @@ def sources(cfg: RMStageConfig) -> dict[str, str | None]:
 
 
 def defaults(**fields: Any) -> Any:
-    from ml_collections import config_dict
-
-    from rlcot.study import deep_merge
-    base = run_config._as_config(RMStageConfig(model=run_config.ModelSection("stage:x")))
-    for k in ("seed", "mesh", "world"):
-        del base[k]
-    del base.model["source"]
-    values = deep_merge(base.to_dict(), run_config._plain(fields))
-    return config_dict.ConfigDict({"kind": "reward_model", **values})
+    """Every field at its default, except model.source: left out, the study fills in the
+    previous model stage."""
+    return run_config.stage_defaults("reward_model", RMStageConfig, fields)
 
 
 # ---- loading a trained reward model -----------------------------------------------------------
@@ -156,7 +150,6 @@ def load(stage_dir: Path, resolver: Any, mesh: Any = None) -> LoadedRewardModel:
 
     from rlcot import sources as src
     from rlcot.rl.value import ValueModel
-    from rlcot.sharding import TRAIN_RULES, state_shardings
     stage_dir = Path(stage_dir)
     if not (stage_dir / CARD).is_file():
         raise FileNotFoundError(f"{stage_dir} holds no reward model (no {CARD}): name a "
@@ -164,13 +157,7 @@ def load(stage_dir: Path, resolver: Any, mesh: Any = None) -> LoadedRewardModel:
     card = src.read_model_card(stage_dir)
     cfg = src.config_from_dict(card["config"])
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: ValueModel(cfg, nnx.Rngs(0))))
-    if mesh is not None:
-        shardings = state_shardings(abstract, mesh, TRAIN_RULES)
-        abstract = jax.tree.map(
-            lambda v, s: v.replace(jax.ShapeDtypeStruct(v.get_value().shape,
-                                                        v.get_value().dtype, sharding=s)),
-            abstract, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    params, _ = src.restore_params(stage_dir, abstract)
+    params, _ = src.restore_params(stage_dir, src.placed_abstract(abstract, mesh))
     return LoadedRewardModel(cfg, graphdef, params, src.card_tokenizer(stage_dir, resolver),
                              json.loads((stage_dir / CARD).read_text()))
 
