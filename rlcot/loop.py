@@ -77,6 +77,10 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
         merge = lora.make_merge_fn(rc.learner.lora, base, mesh=mesh)
         policy_params = lambda s: merge(base, s.params)  # noqa: E731
         lora.write_card(workdir, rc.learner.lora)
+        n = lora.adapter_params(rc.learner.lora, policy.cfg)
+        log.info("LoRA rank %d on %s: %d adapter parameters (%.1f%% of the base)",
+                 rc.learner.lora.rank, ",".join(rc.learner.lora.targets), n,
+                 100 * n / policy.cfg.num_params())
     state = init_train_state(rc.learner, trained, reference=needs_ref and base is None,
                              critic_params=critic_params, mesh=mesh)
     if needs_ref and rc.model.reference is not None:  # a reference other than the start

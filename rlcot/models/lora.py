@@ -170,19 +170,27 @@ def adapter_params(cfg: LoraConfig, model_cfg: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_adapters(cfg, base)))
 
 
-def train_state_bytes(model_cfg: Any, lora: LoraConfig | None, *, moments: int = 2
-                      ) -> dict[str, int]:
-    """Bytes of the weights, what the optimizer updates, and its state (Adam: 2 float32
-    moments per trained parameter), with LoRA (`lora` enabled) or full fine-tuning.
-    Totals over all devices; per device divide the sharded parts by the shard count."""
+def memory_bytes(model_cfg: Any, lora: LoraConfig | None, *, reference: bool = True,
+                 moments: int = 2) -> dict[str, int]:
+    """Bytes the RL loop keeps between steps, with LoRA (`lora` enabled) or full fine-tuning,
+    in total over the devices (FSDP divides every entry by the shard count): weights (the
+    policy, or the frozen base), reference (full fine-tuning with a KL term keeps a copy; LoRA's
+    reference is the base), merged (LoRA: the merged weights the sampler and the log-prob pass
+    read), trained (LoRA: the float32 adapters), grads (the float32 gradient accumulator of
+    what is trained), optimizer (Adam: `moments` float32 moments per trained parameter).
+    Not counted: activations, the KV cache, the sampler's own copy (the same either way), and
+    LoRA's transients inside the update (merged weights and the gradient of each adapted
+    projection, one weight-sized buffer each)."""
     n_base = model_cfg.num_params()
-    base_bytes = n_base * jnp.dtype(model_cfg.weight_dtype).itemsize
+    w = n_base * jnp.dtype(model_cfg.weight_dtype).itemsize
     if lora is None or not lora.enabled:
-        return {"base": base_bytes, "trained": base_bytes, "optimizer": n_base * 4 * moments,
-                "total": base_bytes + n_base * 4 * moments}
-    n = adapter_params(lora, model_cfg)
-    return {"base": base_bytes, "trained": n * 4, "optimizer": n * 4 * moments,
-            "total": base_bytes + n * 4 * (1 + moments)}
+        out = {"weights": w, "reference": w if reference else 0, "merged": 0, "trained": 0,
+               "grads": 4 * n_base, "optimizer": 4 * moments * n_base}
+    else:
+        n = adapter_params(lora, model_cfg)
+        out = {"weights": w, "reference": 0, "merged": w, "trained": 4 * n, "grads": 4 * n,
+               "optimizer": 4 * moments * n}
+    return {**out, "total": sum(out.values())}
 
 
 # ---- Stage outputs: model.json names the base; checkpoints hold only the adapters ----------------

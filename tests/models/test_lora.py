@@ -85,7 +85,7 @@ def test_lora_with_another_reference_is_refused():
         run_config.resolve(c)
 
 
-# ---- every family: zero B, the formula, the export ------------------------------------------------
+# ---- every family: zero B, the formula, the export --------------------------------------------
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request, tmp_path_factory):
@@ -156,7 +156,7 @@ def test_merged_export_equals_the_adapted_forward(family, tmp_path):
     assert diff <= 1e-5, f"{name}: merged export differs from the adapted forward by {diff:.2e}"
 
 
-# ---- the update step: gradients reach only the adapters; the reference is the base ----------------
+# ---- the update step: gradients reach only the adapters; the reference is the base ------------
 
 CFG = presets.get_config("tiny", vocab_size=64, d_model=64, mlp_dim=128, head_dim=16)
 UCFG = UpdateConfig(objective=ObjectiveConfig(kl=KLConfig(estimator="k3", placement="loss",
@@ -259,9 +259,13 @@ def test_sharded_lora_step_equals_single_device(stepped):
         np.testing.assert_allclose(float(metrics_m[k]), float(metrics[k]), rtol=1e-5, atol=1e-6)
 
 
-def test_state_bytes():
-    full = lora.train_state_bytes(CFG, None)
-    small = lora.train_state_bytes(CFG, UCFG.lora)
-    n = lora.adapter_params(UCFG.lora, CFG)
-    assert small["trained"] == 4 * n and small["optimizer"] == 8 * n
-    assert full["optimizer"] == 8 * CFG.num_params() and small["base"] == full["base"]
+def test_memory_bytes():
+    full = lora.memory_bytes(CFG, None)
+    small = lora.memory_bytes(CFG, UCFG.lora)
+    n, n_base = lora.adapter_params(UCFG.lora, CFG), CFG.num_params()
+    assert n == sum(x.size for x in jax.tree.leaves(_setup()[2].params))
+    assert small == {"weights": 4 * n_base, "reference": 0, "merged": 4 * n_base,
+                     "trained": 4 * n, "grads": 4 * n, "optimizer": 8 * n,
+                     "total": 8 * n_base + 16 * n}
+    assert full["total"] == (4 + 4 + 4 + 8) * n_base
+    assert lora.memory_bytes(CFG, None, reference=False)["total"] == 16 * n_base
