@@ -98,8 +98,9 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
                                  chunk=rc.learner.logprob_chunk)
     value_fn = (make_value_fn(critic_graphdef, critic_params, mesh=mesh)
                 if critic_params is not None else None)
-    current = policy_params(state)  # the policy's weights (LoRA: adapters merged into the base)
-    sampler = Sampler(policy.cfg, current, tokenizer=tokenizer, mesh=mesh)
+    # policy_params(state): the policy's weights (LoRA: the adapters merged into the base, made
+    # when needed and not kept, so that only the sampler holds a second copy of the weights).
+    sampler = Sampler(policy.cfg, policy_params(state), tokenizer=tokenizer, mesh=mesh)
     probe = RewardCombiner(rc.rewards)  # validates the spec; lists what workers import
     pool = RewardPool(rc.train.reward_workers, preload=probe.worker_preload())
     probe.close()
@@ -118,8 +119,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     if restored is not None:
         start, state, meta = restored
         data_state = meta["data"]
-        current = policy_params(state)
-        sampler.update_params(current)
+        sampler.update_params(policy_params(state))
         log.info("resumed from step %d", start)
     data_it = pipeline.iterator(data_state)
     writer = MetricsWriter(workdir, resume_step=start if restored else None)
@@ -173,7 +173,8 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
         tb = jax.device_put(rollout.batch, rows)
         with timer("logprobs"):
             args = (tb.tokens_NxL, tb.positions_NxL, tb.valid_NxL)
-            logp_old = logprob_fn(current, *args) if ro.recompute_old_logp else tb.logp_NxL
+            logp_old = (logprob_fn(policy_params(state), *args) if ro.recompute_old_logp
+                        else tb.logp_NxL)
             ref = state.ref_params if base is None else base  # LoRA: adapters off
             logp_ref = logprob_fn(ref, *args) if needs_ref else None
             values = value_fn(state.critic_params, *args) if value_fn is not None else None
@@ -193,8 +194,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
             with timer("update"):
                 state, update_metrics = update(state, batch, jax.random.fold_in(key, 1))
                 update_metrics = jax.device_get(update_metrics)
-                current = policy_params(state)
-                sampler.update_params(current)
+                sampler.update_params(policy_params(state))
             check_nonfinite(update_metrics["nonfinite_streak"], rc.learner)
         if (rc.train.ref_refresh_every and needs_ref
                 and (step + 1) % rc.train.ref_refresh_every == 0):

@@ -175,20 +175,20 @@ def memory_bytes(model_cfg: Any, lora: LoraConfig | None, *, reference: bool = T
     """Bytes the RL loop keeps between steps, with LoRA (`lora` enabled) or full fine-tuning,
     in total over the devices (FSDP divides every entry by the shard count): weights (the
     policy, or the frozen base), reference (full fine-tuning with a KL term keeps a copy; LoRA's
-    reference is the base), merged (LoRA: the merged weights the sampler and the log-prob pass
-    read), trained (LoRA: the float32 adapters), grads (the float32 gradient accumulator of
-    what is trained), optimizer (Adam: `moments` float32 moments per trained parameter).
-    Not counted: activations, the KV cache, the sampler's own copy (the same either way), and
-    LoRA's transients inside the update (merged weights and the gradient of each adapted
-    projection, one weight-sized buffer each)."""
+    reference is the base), trained (LoRA: the float32 adapters), grads (the float32 gradient
+    accumulator of what is trained), optimizer (Adam: `moments` float32 moments per trained
+    parameter). Not counted: activations, the KV cache, the sampler's copy of the weights (the
+    same either way), and LoRA's transients: the merged weights (one copy of the adapted
+    projections while the log-prob pass, the merge for the sampler or the update runs) and,
+    inside the update, the gradient of the adapted weights."""
     n_base = model_cfg.num_params()
     w = n_base * jnp.dtype(model_cfg.weight_dtype).itemsize
     if lora is None or not lora.enabled:
-        out = {"weights": w, "reference": w if reference else 0, "merged": 0, "trained": 0,
+        out = {"weights": w, "reference": w if reference else 0, "trained": 0,
                "grads": 4 * n_base, "optimizer": 4 * moments * n_base}
     else:
         n = adapter_params(lora, model_cfg)
-        out = {"weights": w, "reference": 0, "merged": w, "trained": 4 * n, "grads": 4 * n,
+        out = {"weights": w, "reference": 0, "trained": 4 * n, "grads": 4 * n,
                "optimizer": 4 * moments * n}
     return {**out, "total": sum(out.values())}
 

@@ -264,8 +264,7 @@ def test_memory_bytes():
     small = lora.memory_bytes(CFG, UCFG.lora)
     n, n_base = lora.adapter_params(UCFG.lora, CFG), CFG.num_params()
     assert n == sum(x.size for x in jax.tree.leaves(_setup()[2].params))
-    assert small == {"weights": 4 * n_base, "reference": 0, "merged": 4 * n_base,
-                     "trained": 4 * n, "grads": 4 * n, "optimizer": 8 * n,
-                     "total": 8 * n_base + 16 * n}
+    assert small == {"weights": 4 * n_base, "reference": 0, "trained": 4 * n, "grads": 4 * n,
+                     "optimizer": 8 * n, "total": 4 * n_base + 16 * n}
     assert full["total"] == (4 + 4 + 4 + 8) * n_base
     assert lora.memory_bytes(CFG, None, reference=False)["total"] == 16 * n_base
