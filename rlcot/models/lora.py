@@ -161,6 +161,21 @@ def make_merge_fn(cfg: LoraConfig, base_like: Any, *, mesh: jax.sharding.Mesh | 
     return jax.jit(fn, out_shardings=sh)
 
 
+def start(cfg: LoraConfig, params: Any, seed: int, stage_dir: str | Path,
+          mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any]:
+    """(base, trained) for a stage that trains a policy: without LoRA (None, params); with it
+    (params, fresh adapters), and the stage's model.json marked as holding adapters."""
+    if not cfg.enabled:
+        return None, params
+    write_card(stage_dir, cfg)
+    return params, init_adapters(cfg, params, seed, mesh=mesh)
+
+
+def policy_weights(cfg: LoraConfig, base: Any, trained: Any) -> Any:
+    """The weights of the policy a stage trains: `trained` itself, or (LoRA) merged into base."""
+    return trained if base is None else jax.jit(merge, static_argnums=2)(base, trained, cfg.scale)
+
+
 # ---- Sizes -------------------------------------------------------------------------------------
 
 def adapter_params(cfg: LoraConfig, model_cfg: Any) -> int:
