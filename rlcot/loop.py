@@ -43,6 +43,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     write_json(workdir / "config.json", dataclasses.asdict(rc))
     from rlcot import world_setup
     from rlcot.rewards import RewardCombiner, RewardPool
+    from rlcot.models import lora
     from rlcot.rl import batch as rl_batch
     from rlcot.rl.logprobs import batch_sharding, make_logprob_fn
     from rlcot.rl.state import (check_nonfinite, init_train_state, refresh_reference,
@@ -69,18 +70,11 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     if rc.learner.value is not None:
         critic_graphdef, critic_params = init_value_params(
             policy.cfg, rc.seed, mesh=mesh, body_params=policy.params)
-    base, trained, policy_params = None, policy.params, lambda s: s.params
-    if rc.learner.lora.enabled:  # train adapters; the frozen base is the KL reference
-        from rlcot.models import lora
-        base = policy.params
-        trained = lora.init_adapters(rc.learner.lora, base, rc.seed, mesh=mesh)
+    base, trained = lora.start(rc.learner.lora, policy.params, rc.seed, workdir, mesh)
+    policy_params = lambda s: s.params  # noqa: E731
+    if base is not None:  # LoRA: the state trains adapters; the frozen base is the KL reference
         merge = lora.make_merge_fn(rc.learner.lora, base, mesh=mesh)
         policy_params = lambda s: merge(base, s.params)  # noqa: E731
-        lora.write_card(workdir, rc.learner.lora)
-        n = lora.adapter_params(rc.learner.lora, policy.cfg)
-        log.info("LoRA rank %d on %s: %d adapter parameters (%.1f%% of the base)",
-                 rc.learner.lora.rank, ",".join(rc.learner.lora.targets), n,
-                 100 * n / policy.cfg.num_params())
     state = init_train_state(rc.learner, trained, reference=needs_ref and base is None,
                              critic_params=critic_params, mesh=mesh)
     if needs_ref and rc.model.reference is not None:  # a reference other than the start

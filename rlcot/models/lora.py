@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,7 +30,9 @@ PROJECTIONS: Mapping[str, int] = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up
 HF_NAMES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
             "up_proj": "up", "down_proj": "down"}
 INITS = ("kaiming", "gaussian")
-CARD_KEY = "lora"
+CARD_KEY = "lora"  # model.json of a stage that trained adapters: their settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +171,11 @@ def start(cfg: LoraConfig, params: Any, seed: int, stage_dir: str | Path,
     if not cfg.enabled:
         return None, params
     write_card(stage_dir, cfg)
-    return params, init_adapters(cfg, params, seed, mesh=mesh)
+    adapters = init_adapters(cfg, params, seed, mesh=mesh)
+    n, n_base = (sum(math.prod(x.shape) for x in jax.tree.leaves(t)) for t in (adapters, params))
+    log.info("LoRA rank %d on %s: %d adapter parameters (%.1f%% of the base's %d)", cfg.rank,
+             ",".join(cfg.targets), n, 100 * n / n_base, n_base)
+    return params, adapters
 
 
 def policy_weights(cfg: LoraConfig, base: Any, trained: Any) -> Any:
