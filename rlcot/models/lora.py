@@ -234,11 +234,10 @@ def base_source(stage_dir: Path, source: str) -> str:
     return source
 
 
-def load_adapted(resolver: Any, stage_dir: Path, card: Mapping[str, Any], *,
-                 mesh: jax.sharding.Mesh | None = None, dtypes: Mapping[str, Any] | None = None
-                 ) -> Any:
-    """A LoRA stage's model (rlcot.models.load.LoadedModel): its base loaded by source, its
-    latest checkpoint's adapters merged in."""
+def load_adapters(resolver: Any, stage_dir: Path, card: Mapping[str, Any], *,
+                  mesh: jax.sharding.Mesh | None = None,
+                  dtypes: Mapping[str, Any] | None = None) -> tuple[LoraConfig, Any, nnx.State]:
+    """(settings, the base as a LoadedModel, the latest checkpoint's adapters) of a LoRA stage."""
     from rlcot.sources import restore_params
     cfg = LoraConfig(**{k: tuple(v) if isinstance(v, list) else v
                         for k, v in card[CARD_KEY].items()})
@@ -253,5 +252,58 @@ def load_adapted(resolver: Any, stage_dir: Path, card: Mapping[str, Any], *,
                                                         v.get_value().dtype, sharding=s)),
             abstract, sh, is_leaf=lambda x: isinstance(x, nnx.Variable))
     adapters, _ = restore_params(stage_dir, abstract)
+    return cfg, base, adapters
+
+
+def load_adapted(resolver: Any, stage_dir: Path, card: Mapping[str, Any], *,
+                 mesh: jax.sharding.Mesh | None = None, dtypes: Mapping[str, Any] | None = None
+                 ) -> Any:
+    """A LoRA stage's model (rlcot.models.load.LoadedModel): its base loaded by source, its
+    latest checkpoint's adapters merged in."""
+    cfg, base, adapters = load_adapters(resolver, stage_dir, card, mesh=mesh, dtypes=dtypes)
     merged = make_merge_fn(cfg, base.params, mesh=mesh)(base.params, adapters)
     return dataclasses.replace(base, params=merged)
+
+
+# ---- PEFT's format ---------------------------------------------------------------------------
+
+PEFT_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+                "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+                "down": "mlp.down_proj"}
+
+
+def peft_tensors(cfg: LoraConfig, adapters: Any) -> dict[str, Any]:
+    """PEFT's tensors for the adapters: per layer and projection lora_A.weight [rank, in] and
+    lora_B.weight [out, rank], in and out flattened as rlcot.models.hf lays out the weight
+    ([out, in] = [heads * head_dim, embed] for q, k, v; [embed, heads * head_dim] for o)."""
+    import numpy as np
+    out = {}
+    for name, ab in adapters.items():
+        a, b = (np.asarray(jax.device_get(ab[k].get_value()), np.float32) for k in ("a", "b"))
+        for i in range(a.shape[0]):
+            module = f"base_model.model.model.layers.{i}.{PEFT_MODULES[name]}"
+            out[f"{module}.lora_A.weight"] = np.ascontiguousarray(a[i].reshape(-1, cfg.rank).T)
+            out[f"{module}.lora_B.weight"] = np.ascontiguousarray(b[i].reshape(cfg.rank, -1).T)
+    return out
+
+
+def save_peft(path: str | Path, cfg: LoraConfig, adapters: Any, *, base: str | None = None,
+              dtype: str = "float32") -> Path:
+    """The adapters as a PEFT LoRA directory (adapter_config.json, adapter_model.safetensors)
+    for the base model exported by rlcot.models.hf.save_hf; base: its name or path."""
+    import ml_dtypes
+    import numpy as np
+    from safetensors.numpy import save_file
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32,
+                "float16": np.float16}[dtype]
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.astype(np_dtype) for k, v in peft_tensors(cfg, adapters).items()}
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.rank,
+              "lora_alpha": cfg.alpha, "use_rslora": cfg.rslora, "lora_dropout": 0.0,
+              "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+              "target_modules": sorted(PEFT_MODULES[t].split(".")[1] for t in cfg.targets),
+              "base_model_name_or_path": base}
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return path

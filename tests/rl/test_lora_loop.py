@@ -80,7 +80,12 @@ def test_stopped_lora_run_resumes_to_the_same_numbers(lora_run, tmp_path):
     assert json.loads((tmp_path / "rl" / "summary.json").read_text())["resumed_from_step"] in (2, 3)
 
 
-def test_export_of_a_lora_stage_is_merged(lora_run, tmp_path):
+def test_export_of_a_lora_stage_is_merged_and_peft(lora_run, tmp_path):
+    """The export is the merged model; OUT/adapter holds the adapters in PEFT's format, whose
+    W + (alpha / r) B A on the base's exported weights gives the merged export's weights."""
+    from safetensors.numpy import load_file
+
+    from rlcot import sources
     from rlcot.export import export
     from rlcot.models import hf
     workdir, _ = lora_run
@@ -89,3 +94,23 @@ def test_export_of_a_lora_stage_is_merged(lora_run, tmp_path):
     for x, y in zip(jax.tree.leaves(params), loop_tests._params(workdir / "rl"), strict=True):
         np.testing.assert_array_equal(np.asarray(x), y)
     assert lora.CARD_KEY not in json.loads((out / "config.json").read_text())
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and (config["r"], config["lora_alpha"]) == (4, 8.0)
+    assert config["base_model_name_or_path"] == "stage:base"
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj",
+                                             "gate_proj", "up_proj", "down_proj"}
+    peft = load_file(out / "adapter" / "adapter_model.safetensors")
+    base = sources.Resolver().load(f"workdir:{workdir / 'base'}")
+    merged = load_file(out / "model.safetensors")
+    n_adapted = 0
+    for name, w in hf.hf_tensors(base.cfg, base.params):
+        module = "base_model.model." + name.removesuffix(".weight")
+        if f"{module}.lora_A.weight" not in peft:
+            np.testing.assert_array_equal(w, merged[name], err_msg=name)
+            continue
+        a, b = peft[f"{module}.lora_A.weight"], peft[f"{module}.lora_B.weight"]
+        np.testing.assert_allclose(w + 2.0 * b @ a, merged[name], rtol=0, atol=1e-6,
+                                   err_msg=name)
+        assert np.abs(b @ a).max() > 1e-5, name
+        n_adapted += 1
+    assert n_adapted == 7 * base.cfg.n_layers and len(peft) == 2 * n_adapted
