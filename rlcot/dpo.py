@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlcot.models.lora import merge as merge_lora
+from rlcot.models.lora import Adapted
 from rlcot.sft import collate, token_nll
 
 
@@ -162,7 +162,7 @@ def loss_and_grads(graphdef: Any, params: Any, batch: Any, loss: DPOLoss,
     (rlcot.models.lora); the gradient is the adapters'."""
     def sums(p, mb):
         if base is not None:
-            p = merge_lora(base, p, lora_scale)
+            p = Adapted(base, p, lora_scale)
         return loss_sums(graphdef, p, mb, loss, remat)
 
     grad_fn = jax.value_and_grad(sums, has_aux=True)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlcot.models.lora import merge as merge_lora
+from rlcot.models.lora import Adapted
 from rlcot.models.transformer import forward, positions_from_mask
 from rlcot.rl.optim import clipped_adamw
 
@@ -122,7 +122,7 @@ def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int 
     """A jitted `(graphdef, params, opt_state, batch[, base, lora_scale]) -> (params,
     opt_state, metrics)`; graphdef is static, params and opt_state are donated. metrics: loss
     (token mean over the whole batch), target_tokens, grad_norm (before clipping). With `base`
-    (LoRA), params are adapters merged into that frozen base with `lora_scale`
+    (LoRA), params are adapters applied on that frozen base with `lora_scale`
     (rlcot.models.lora); only they are trained.
 
     `batch` is one batch dict (split into `micro_batches` equal parts along B), or a tuple
@@ -132,8 +132,8 @@ def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int 
 
     def step(graphdef, params, opt_state, batch, base=None, lora_scale=1.0):
         def sums(p, mb):
-            if base is not None:
-                p = merge_lora(base, p, lora_scale)
+            if base is not None:  # LoRA: p are adapters applied on the frozen base
+                p = Adapted(base, p, lora_scale)
             nll_BxT, weight_BxT = token_nll(graphdef, p, mb, remat)
             return (nll_BxT * weight_BxT).sum(), weight_BxT.sum()
 

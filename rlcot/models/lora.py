@@ -1,14 +1,15 @@
 """LoRA adapters on the transformer's projections: settings, initialisation, merging and sizes.
 
 Functional, for every model family: the adapters are a separate `nnx.State`
-{projection: {"a": A, "b": B}} beside the base parameters, and the adapted model is the base
-model with W + scale * A @ B in place of each adapted projection (`merge`). The train step
-differentiates the loss through `merge` with respect to the adapters only, so the base is an
-input of the step and never enters the train state, the optimizer or a checkpoint; the KL
-reference is the base itself. A [layers, *in, rank], B [layers, rank, *out] (in / out: the
-projection's input and output axes, e.g. q: in (embed,), out (heads, head_dim)) carry the
-projection's logical axis names, so the training rules shard them like the weight they adapt
-(the rank axis is replicated).
+{projection: {"a": A, "b": B}} beside the base parameters. Train steps run the adapted model as
+`Adapted(base, adapters, scale)`, which the decoder applies inside each adapted projection,
+x W + scale * (x A) B (rlcot.models.transformer.lora_delta), and differentiate with respect to
+the adapters only: the base is an input of the step and never enters the train state, the
+optimizer or a checkpoint; the KL reference is the base itself. The sampler and exports take
+the merged weights W + scale * A B (`merge`). A [layers, *in, rank] and B [layers, rank, *out]
+(in / out: the projection's input and output axes, e.g. q: in (embed,), out (heads, head_dim))
+carry the projection's logical axis names, so the training rules shard them like the weight
+they adapt (the rank axis is replicated).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -152,6 +153,16 @@ def merge(base: Any, adapters: Any, scale: float) -> Any:
     return out
 
 
+class Adapted(NamedTuple):
+    """A base state with LoRA adapters, which rlcot.models.transformer.forward and
+    rlcot.rl.logprobs.token_logprobs apply inside the projections (x W + scale (x A) B) instead
+    of merging them: no weight-sized buffer, and the backward pass forms no weight gradient.
+    Train steps build it inside the differentiated function from the adapters alone."""
+    base: Any
+    adapters: Any
+    scale: Any
+
+
 def make_merge_fn(cfg: LoraConfig, base_like: Any, *, mesh: jax.sharding.Mesh | None = None,
                   rules: Any = None):
     """Jitted `(base, adapters) -> merged`, the merged state in the base's shardings (what the
@@ -200,9 +211,8 @@ def memory_bytes(model_cfg: Any, lora: LoraConfig | None, *, reference: bool = T
     reference is the base), trained (LoRA: the float32 adapters), grads (the float32 gradient
     accumulator of what is trained), optimizer (Adam: `moments` float32 moments per trained
     parameter). Not counted: activations, the KV cache, the sampler's copy of the weights (the
-    same either way), and LoRA's transients: the merged weights (one copy of the adapted
-    projections while the log-prob pass, the merge for the sampler or the update runs) and,
-    inside the update, the gradient of the adapted weights."""
+    same either way), and LoRA's transient merged weights (one copy of the adapted projections
+    while the old-policy log-prob pass or the merge for the sampler runs)."""
     n_base = model_cfg.num_params()
     w = n_base * jnp.dtype(model_cfg.weight_dtype).itemsize
     if lora is None or not lora.enabled:

@@ -68,8 +68,8 @@ def split_micro(x: jax.Array, micro_batches: int) -> jax.Array:
 
 
 def _policy_loss(graphdef, cfg: UpdateConfig, params, x: dict, kl_coef, base=None):
-    if base is not None:  # LoRA: params are the adapters, merged into the frozen base
-        params = lora.merge(base, params, cfg.lora.scale)
+    if base is not None:  # LoRA: params are the adapters, applied on the frozen base
+        params = lora.Adapted(base, params, cfg.lora.scale)
     logp, ent = token_logprobs(graphdef, params, x["tokens"], x["positions"], x["valid"],
                                chunk=cfg.logprob_chunk, remat=cfg.remat)
     loss_BxT, aux = token_objective(cfg.objective, logp, x["logp_old"], x["adv"], x["mask"],
