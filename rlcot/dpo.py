@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rlcot.models.lora import Adapted
 from rlcot.sft import collate, token_nll
 
 
@@ -152,14 +153,19 @@ def loss_sums(graphdef: Any, params: Any, batch: dict[str, Any], loss: DPOLoss,
 
 
 def loss_and_grads(graphdef: Any, params: Any, batch: Any, loss: DPOLoss,
-                   micro_batches: int = 1, remat: bool = False
-                   ) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+                   micro_batches: int = 1, remat: bool = False, base: Any = None,
+                   lora_scale: Any = 1.0) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
     """(mean loss over the pairs, its gradient, mean metrics). `batch`: one pair batch (split
     into `micro_batches` equal parts along B) or a tuple of pair batches; either way the
     per-pair sums are added up and divided once by the total pair count, so the result is
-    that of one pass over all pairs."""
-    grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(graphdef, p, mb, loss, remat),
-                                 has_aux=True)
+    that of one pass over all pairs. base: LoRA, `params` are adapters over this frozen base
+    (rlcot.models.lora); the gradient is the adapters'."""
+    def sums(p, mb):
+        if base is not None:
+            p = Adapted(base, p, lora_scale)
+        return loss_sums(graphdef, p, mb, loss, remat)
+
+    grad_fn = jax.value_and_grad(sums, has_aux=True)
     add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
     if isinstance(batch, (tuple, list)):
         (total, stats), grads = grad_fn(params, batch[0])
@@ -191,13 +197,14 @@ def loss_and_grads(graphdef: Any, params: Any, batch: Any, loss: DPOLoss,
 
 def make_train_step(optimizer: optax.GradientTransformation, loss: DPOLoss,
                     micro_batches: int = 1, remat: bool = False) -> Callable:
-    """A jitted `(graphdef, params, opt_state, batch) -> (params, opt_state, metrics)`;
-    graphdef is static, params and opt_state are donated. metrics: loss, the pair metrics of
-    the module docstring, pairs, grad_norm (before clipping)."""
+    """A jitted `(graphdef, params, opt_state, batch[, base, lora_scale]) -> (params,
+    opt_state, metrics)`; graphdef is static, params and opt_state are donated. metrics: loss,
+    the pair metrics of the module docstring, pairs, grad_norm (before clipping). With `base`,
+    params are LoRA adapters over it (see loss_and_grads)."""
 
-    def step(graphdef, params, opt_state, batch):
+    def step(graphdef, params, opt_state, batch, base=None, lora_scale=1.0):
         value, grads, metrics = loss_and_grads(graphdef, params, batch, loss, micro_batches,
-                                               remat)
+                                               remat, base, lora_scale)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": value, **metrics,

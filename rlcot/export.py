@@ -15,7 +15,9 @@ def export(workdir: str | Path, out: str | Path, *, stage: str | None = None,
            dtype: str = "float32") -> Path:
     """Writes the policy of `stage` (default: the study's last stage; `workdir` may also be a
     stage directory) to `out`. Sentencepiece tokenizers are written as tokenizer.model,
-    tokenizer.json-based ones are copied from where the model came from."""
+    tokenizer.json-based ones are copied from where the model came from. A stage that trained
+    LoRA adapters is written merged into its base, and its adapters also in PEFT's format in
+    `out`/adapter (for the base exported the same way)."""
     from rlcot import sources
     from rlcot.models.hf import save_hf
     from rlcot.tokenizer.spm import SentencePieceTokenizer
@@ -38,5 +40,10 @@ def export(workdir: str | Path, out: str | Path, *, stage: str | None = None,
         tok.backend.save(str(out / "tokenizer.json"))
     elif tok_dir is None and ref is not None and Path(ref).is_file():
         shutil.copy(ref, out / Path(ref).name)
+    card = sources.read_model_card(stage_dir)
+    if "lora" in card:
+        from rlcot.models import lora
+        cfg, _, adapters = lora.load_adapters(resolver, stage_dir, card)
+        lora.save_peft(out / "adapter", cfg, adapters, base=card["source"], dtype=dtype)
     log.info("exported %s to %s", stage_dir, out)
     return out

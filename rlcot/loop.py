@@ -43,6 +43,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     write_json(workdir / "config.json", dataclasses.asdict(rc))
     from rlcot import world_setup
     from rlcot.rewards import RewardCombiner, RewardPool
+    from rlcot.models import lora
     from rlcot.rl import batch as rl_batch
     from rlcot.rl.logprobs import batch_sharding, make_logprob_fn
     from rlcot.rl.state import (check_nonfinite, init_train_state, refresh_reference,
@@ -69,7 +70,12 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     if rc.learner.value is not None:
         critic_graphdef, critic_params = init_value_params(
             policy.cfg, rc.seed, mesh=mesh, body_params=policy.params)
-    state = init_train_state(rc.learner, policy.params, reference=needs_ref,
+    base, trained = lora.start(rc.learner.lora, policy.params, rc.seed, workdir, mesh)
+    policy_params = lambda s: s.params  # noqa: E731
+    if base is not None:  # LoRA: the state trains adapters; the frozen base is the KL reference
+        merge = lora.make_merge_fn(rc.learner.lora, base, mesh=mesh)
+        policy_params = lambda s: merge(base, s.params)  # noqa: E731
+    state = init_train_state(rc.learner, trained, reference=needs_ref and base is None,
                              critic_params=critic_params, mesh=mesh)
     if needs_ref and rc.model.reference is not None:  # a reference other than the start
         ref = resolver.load(rc.model.reference, mesh=mesh, overrides={
@@ -81,12 +87,14 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
         state = dataclasses.replace(state, ref_params=ref.params)
     state = jax.device_put(state, train_state_shardings(state, mesh))  # scalars on the mesh too
     update = make_update_step(policy.graphdef, rc.learner, state, mesh=mesh,
-                              critic_graphdef=critic_graphdef)
+                              critic_graphdef=critic_graphdef, base_params=base)
     logprob_fn = make_logprob_fn(policy.graphdef, policy.params, mesh=mesh,
                                  chunk=rc.learner.logprob_chunk)
     value_fn = (make_value_fn(critic_graphdef, critic_params, mesh=mesh)
                 if critic_params is not None else None)
-    sampler = Sampler(policy.cfg, state.params, tokenizer=tokenizer, mesh=mesh)
+    # policy_params(state): the policy's weights (LoRA: the adapters merged into the base, made
+    # when needed and not kept, so that only the sampler holds a second copy of the weights).
+    sampler = Sampler(policy.cfg, policy_params(state), tokenizer=tokenizer, mesh=mesh)
     probe = RewardCombiner(rc.rewards)  # validates the spec; lists what workers import
     pool = RewardPool(rc.train.reward_workers, preload=probe.worker_preload())
     probe.close()
@@ -107,7 +115,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     if restored is not None:
         start, state, meta = restored
         data_state = meta["data"]
-        sampler.update_params(state.params)
+        sampler.update_params(policy_params(state))
         log.info("resumed from step %d", start)
     data_it = pipeline.iterator(data_state)
     writer = MetricsWriter(workdir, resume_step=start if restored else None)
@@ -161,8 +169,10 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
         tb = jax.device_put(rollout.batch, rows)
         with timer("logprobs"):
             args = (tb.tokens_NxL, tb.positions_NxL, tb.valid_NxL)
-            logp_old = logprob_fn(state.params, *args) if ro.recompute_old_logp else tb.logp_NxL
-            logp_ref = logprob_fn(state.ref_params, *args) if needs_ref else None
+            logp_old = (logprob_fn(policy_params(state), *args) if ro.recompute_old_logp
+                        else tb.logp_NxL)
+            ref = state.ref_params if base is None else base  # LoRA: adapters off
+            logp_ref = logprob_fn(ref, *args) if needs_ref else None
             values = value_fn(state.critic_params, *args) if value_fn is not None else None
             kl = (rl_batch.reward_kl(obj.kl, logp_old, logp_ref, tb.completion_mask_NxL)
                   if obj.kl.placement == "reward" else None)
@@ -180,7 +190,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
             with timer("update"):
                 state, update_metrics = update(state, batch, jax.random.fold_in(key, 1))
                 update_metrics = jax.device_get(update_metrics)
-                sampler.update_params(state.params)
+                sampler.update_params(policy_params(state))
             check_nonfinite(update_metrics["nonfinite_streak"], rc.learner)
         if (rc.train.ref_refresh_every and needs_ref
                 and (step + 1) % rc.train.ref_refresh_every == 0):

@@ -234,6 +234,10 @@ def check_choices(rc: RunConfig) -> None:
                              f"learner.objective.kl.placement is 'none': there is no reference "
                              f"to refresh; set the placement to 'loss' or 'reward', or "
                              f"ref_refresh_every to 0")
+    if rc.learner.lora.enabled and (rc.model.reference is not None or rc.train.ref_refresh_every):
+        raise ValueError("learner.lora: the KL reference of a LoRA run is its frozen base (the "
+                         "model with the adapters off); model.reference and "
+                         "train.ref_refresh_every cannot be set with it")
     d, ro = rc.data, rc.rollout
     if d.max_prompt_tokens is not None and d.max_prompt_tokens < 1:
         raise ValueError(f"data.max_prompt_tokens must be >= 1 or None, got {d.max_prompt_tokens}")

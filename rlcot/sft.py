@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rlcot.models.lora import Adapted
 from rlcot.models.transformer import forward, positions_from_mask
 from rlcot.rl.optim import clipped_adamw
 
@@ -118,17 +119,21 @@ def loss_fn(graphdef: Any, params: Any, batch: dict[str, jax.Array],
 
 def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int = 1,
                     remat: bool = False) -> Callable:
-    """A jitted `(graphdef, params, opt_state, batch) -> (params, opt_state, metrics)`;
-    graphdef is static, params and opt_state are donated. metrics: loss (token mean over the
-    whole batch), target_tokens, grad_norm (before clipping).
+    """A jitted `(graphdef, params, opt_state, batch[, base, lora_scale]) -> (params,
+    opt_state, metrics)`; graphdef is static, params and opt_state are donated. metrics: loss
+    (token mean over the whole batch), target_tokens, grad_norm (before clipping). With `base`
+    (LoRA), params are adapters applied on that frozen base with `lora_scale`
+    (rlcot.models.lora); only they are trained.
 
     `batch` is one batch dict (split into `micro_batches` equal parts along B), or a tuple
     of batch dicts of different widths (e.g. a batch's short rows and long rows, padded
     separately): one update either way, normalised by the total target-token count.
     """
 
-    def step(graphdef, params, opt_state, batch):
+    def step(graphdef, params, opt_state, batch, base=None, lora_scale=1.0):
         def sums(p, mb):
+            if base is not None:  # LoRA: p are adapters applied on the frozen base
+                p = Adapted(base, p, lora_scale)
             nll_BxT, weight_BxT = token_nll(graphdef, p, mb, remat)
             return (nll_BxT * weight_BxT).sum(), weight_BxT.sum()
 

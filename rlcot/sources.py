@@ -252,6 +252,11 @@ class Resolver:
         if other:
             raise ValueError(f"model source {source!r} fixes the architecture; only dtype and "
                              f"param_dtype can be overridden, not {other}")
+        if "lora" in card:  # LoRA adapters: the base loaded by its source, the adapters merged
+            from rlcot.models.lora import load_adapted
+            return dataclasses.replace(
+                load_adapted(self, stage_dir, card, mesh=mesh, dtypes=dtypes),
+                tokenizer=tok if tok is not None else card_tokenizer(stage_dir, self))
         cfg = config_from_dict(card["config"])
         graphdef, abstract = abstract_model(cfg)
         params, _ = restore_params(stage_dir, placed_abstract(abstract, mesh))

@@ -109,13 +109,15 @@ class Blocks(nnx.Module):
 
     def layer(self, cfg: ModelConfig, x_BxTxD: jax.Array, cos_BxTxH: jax.Array,
               sin_BxTxH: jax.Array, mask_BxTxS: jax.Array, kv: tuple[jax.Array, jax.Array] | None,
-              write_index: jax.Array | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+              write_index: jax.Array | None, lora: Any = None
+              ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """One decoder layer; called inside the layer scan, where every parameter is one layer's.
 
         kv: this layer's cache (k, v) [B, S, K, H], or None to attend within x itself.
+        lora: (this layer's LoRA adapters, scale) or None (see `lora_delta`).
         Returns the new hidden states and the keys/values attended over (the updated cache).
         """
-        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.qkv(cfg, x_BxTxD, cos_BxTxH, sin_BxTxH)
+        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.qkv(cfg, x_BxTxD, cos_BxTxH, sin_BxTxH, lora)
         if kv is None:
             k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
         else:
@@ -124,10 +126,10 @@ class Blocks(nnx.Module):
             v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
                 kv[1], v_BxTxKxH.astype(kv[1].dtype), write_index, axis=1)
         attn_BxTxNxH = self.attend(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
-        return self.out(cfg, x_BxTxD, attn_BxTxNxH), (k_BxSxKxH, v_BxSxKxH)
+        return self.out(cfg, x_BxTxD, attn_BxTxNxH, lora), (k_BxSxKxH, v_BxSxKxH)
 
     def qkv(self, cfg: ModelConfig, x_BxTxD: jax.Array, cos_BxTxH: jax.Array,
-            sin_BxTxH: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+            sin_BxTxH: jax.Array, lora: Any = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Queries, keys and values of the T new tokens (normed, biased, RoPE applied)."""
         dt = cfg.compute_dtype
         eps, off = cfg.norm_eps, cfg.norm_offset
@@ -135,6 +137,10 @@ class Blocks(nnx.Module):
         q_BxTxNxH = jnp.einsum("btd,dnh->btnh", h_BxTxD, self.q[...].astype(dt))
         k_BxTxKxH = jnp.einsum("btd,dkh->btkh", h_BxTxD, self.k[...].astype(dt))
         v_BxTxKxH = jnp.einsum("btd,dkh->btkh", h_BxTxD, self.v[...].astype(dt))
+        if lora is not None:
+            q_BxTxNxH += lora_delta(lora, "q", h_BxTxD, q_BxTxNxH.shape)
+            k_BxTxKxH += lora_delta(lora, "k", h_BxTxD, k_BxTxKxH.shape)
+            v_BxTxKxH += lora_delta(lora, "v", h_BxTxD, v_BxTxKxH.shape)
         if cfg.qkv_bias:
             q_BxTxNxH += self.q_bias[...].astype(dt)
             k_BxTxKxH += self.k_bias[...].astype(dt)
@@ -160,7 +166,8 @@ class Blocks(nnx.Module):
                                    v_BxSxKxH)
         return out_BxTxKxGxH.reshape(B, T, N, H).astype(q_BxTxNxH.dtype)
 
-    def out(self, cfg: ModelConfig, x_BxTxD: jax.Array, attn_BxTxNxH: jax.Array) -> jax.Array:
+    def out(self, cfg: ModelConfig, x_BxTxD: jax.Array, attn_BxTxNxH: jax.Array,
+            lora: Any = None) -> jax.Array:
         """Output projection, residual and MLP block: the layer's new hidden states."""
         dt = cfg.compute_dtype
         eps, off = cfg.norm_eps, cfg.norm_offset
@@ -169,20 +176,43 @@ class Blocks(nnx.Module):
         B, T, N, H = attn_BxTxNxH.shape
         o_NHxD = self.o[...].astype(attn_BxTxNxH.dtype).reshape(N * H, -1)
         attn_BxTxD = jnp.einsum("btk,kd->btd", attn_BxTxNxH.reshape(B, T, N * H), o_NHxD)
+        if lora is not None:
+            attn_BxTxD += lora_delta(lora, "o", attn_BxTxNxH.reshape(B, T, N * H),
+                                     attn_BxTxD.shape)
         if cfg.sandwich_norms:
             attn_BxTxD = rms_norm(attn_BxTxD, self.post_attn_norm[...], eps, off)
         x_BxTxD = x_BxTxD + attn_BxTxD
         h_BxTxD = rms_norm(x_BxTxD, self.mlp_norm[...], eps, off)
         gate_BxTxF = jnp.einsum("btd,df->btf", h_BxTxD, self.gate[...].astype(dt))
         up_BxTxF = jnp.einsum("btd,df->btf", h_BxTxD, self.up[...].astype(dt))
+        if lora is not None:
+            gate_BxTxF += lora_delta(lora, "gate", h_BxTxD, gate_BxTxF.shape)
+            up_BxTxF += lora_delta(lora, "up", h_BxTxD, up_BxTxF.shape)
         if cfg.activation == "silu":
             act_BxTxF = jax.nn.silu(gate_BxTxF)
         else:
             act_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True)
         mlp_BxTxD = jnp.einsum("btf,fd->btd", act_BxTxF * up_BxTxF, self.down[...].astype(dt))
+        if lora is not None:
+            mlp_BxTxD += lora_delta(lora, "down", act_BxTxF * up_BxTxF, mlp_BxTxD.shape)
         if cfg.sandwich_norms:
             mlp_BxTxD = rms_norm(mlp_BxTxD, self.post_mlp_norm[...], eps, off)
         return x_BxTxD + mlp_BxTxD
+
+
+def lora_delta(lora: Any, name: str, x_BxTxI: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """LoRA's addition to projection `name` of inputs x (input axes flattened to I):
+    scale * (x A) B, shaped `shape`; 0 when the projection has no adapter. lora: (one layer's
+    adapters {name: {"a": [*in, r], "b": [r, *out]}}, scale), see rlcot.models.lora. A B is
+    never formed: two thin products, whose gradient is the adapters' alone."""
+    adapters, scale = lora
+    if name not in adapters:
+        return jnp.zeros((), x_BxTxI.dtype)
+    a, b = adapters[name]["a"][...], adapters[name]["b"][...]
+    r = a.shape[-1]
+    xa_BxTxR = jnp.einsum("bti,ir->btr", x_BxTxI, a.reshape(-1, r).astype(x_BxTxI.dtype))
+    out_BxTxO = jnp.einsum("btr,ro->bto", xa_BxTxR, b.reshape(r, -1).astype(x_BxTxI.dtype))
+    return (scale * out_BxTxO).astype(x_BxTxI.dtype).reshape(shape)
 
 
 def attention_probs(cfg: ModelConfig, scores_BxKxGxTxS: jax.Array,
@@ -267,10 +297,10 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                  valid_BxT: jax.Array | None = None, cache: KVCache | None = None,
-                 remat: bool = False, segment_ids_BxT: jax.Array | None = None
-                 ) -> tuple[jax.Array, KVCache | None]:
+                 remat: bool = False, segment_ids_BxT: jax.Array | None = None,
+                 lora: Any = None) -> tuple[jax.Array, KVCache | None]:
         h_BxTxD, cache = self.hidden(tokens_BxT, positions_BxT, valid_BxT, cache, remat,
-                                     segment_ids_BxT)
+                                     segment_ids_BxT, lora)
         return self.logits(h_BxTxD), cache
 
     def logits(self, h_BxTxD: jax.Array) -> jax.Array:
@@ -280,10 +310,11 @@ class Transformer(nnx.Module):
 
     def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                valid_BxT: jax.Array | None = None, cache: KVCache | None = None,
-               remat: bool = False, segment_ids_BxT: jax.Array | None = None
-               ) -> tuple[jax.Array, KVCache | None]:
+               remat: bool = False, segment_ids_BxT: jax.Array | None = None,
+               lora: Any = None) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, D]; with a cache, writes the T tokens at cache.index.
-        segment_ids_BxT: packed sequences (attention stays within a segment; no cache)."""
+        segment_ids_BxT: packed sequences (attention stays within a segment; no cache).
+        lora: (LoRA adapters stacked over layers, scale), applied inside the projections."""
         cfg = self.cfg
         if segment_ids_BxT is not None and cache is not None:
             raise ValueError("packed segments (segment_ids_BxT) are for full-sequence passes, "
@@ -305,7 +336,7 @@ class Transformer(nnx.Module):
 
         def body(carry, xs):
             x_BxTxD, kv_all = carry
-            layer_state, is_local, i = xs
+            layer_state, is_local, i, adapters = xs
             block = nnx.merge(graphdef, layer_state)
             if local_in is not None:
                 mask, cos, sin = (jnp.where(is_local, a, b) for a, b in zip(local_in, global_in))
@@ -313,7 +344,9 @@ class Transformer(nnx.Module):
                 mask, cos, sin = global_in
             kv = None if kv_all is None else (kv_all[0][i], kv_all[1][i])
             index = None if cache is None else cache.index
-            x_BxTxD, (k_BxSxKxH, v_BxSxKxH) = block.layer(cfg, x_BxTxD, cos, sin, mask, kv, index)
+            layer_lora = None if adapters is None else (adapters, lora[1])
+            x_BxTxD, (k_BxSxKxH, v_BxSxKxH) = block.layer(cfg, x_BxTxD, cos, sin, mask, kv, index,
+                                                          layer_lora)
             if kv_all is not None:
                 kv_all = (jax.lax.dynamic_update_index_in_dim(kv_all[0], k_BxSxKxH, i, 0),
                           jax.lax.dynamic_update_index_in_dim(kv_all[1], v_BxSxKxH, i, 0))
@@ -323,8 +356,9 @@ class Transformer(nnx.Module):
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
         kv_all = None if cache is None else (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH)
         layer_ids = jnp.arange(cfg.n_layers, dtype=jnp.int32)
-        (x_BxTxD, kv_all), _ = jax.lax.scan(body, (x_BxTxD, kv_all),
-                                            (block_state, local_L, layer_ids))
+        (x_BxTxD, kv_all), _ = jax.lax.scan(
+            body, (x_BxTxD, kv_all),
+            (block_state, local_L, layer_ids, None if lora is None else lora[0]))
         h_BxTxD = rms_norm(x_BxTxD, self.final_norm[...], cfg.norm_eps, cfg.norm_offset)
         if cache is not None:
             cache = KVCache(kv_all[0], kv_all[1], k_pos_BxS,
@@ -364,9 +398,19 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxT: jax.Array,
             cache: KVCache | None = None, remat: bool = False,
             segment_ids_BxT: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
     """Float32 logits [B, T, V] (and the updated cache). segment_ids_BxT: several sequences
-    packed in a row, each with positions from 0 (attention stays within a segment)."""
+    packed in a row, each with positions from 0 (attention stays within a segment). params may
+    be a rlcot.models.lora.Adapted (a base with LoRA adapters, applied in the projections)."""
+    params, lora = split_adapted(params)
     return merge(graphdef, params)(tokens_BxT, positions_BxT, valid_BxT, cache, remat,
-                                   segment_ids_BxT)
+                                   segment_ids_BxT, lora)
+
+
+def split_adapted(params: Any) -> tuple[Any, Any]:
+    """(base parameters, (adapters, scale) or None) of parameters that may carry LoRA adapters
+    (rlcot.models.lora.Adapted: anything with `base`, `adapters` and `scale`)."""
+    if hasattr(params, "adapters") and hasattr(params, "base"):
+        return params.base, (params.adapters, params.scale)
+    return params, None
 
 
 def positions_from_mask(valid_BxT: jax.Array) -> jax.Array:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from rlcot.models.transformer import split_adapted
 from rlcot.rl.losses import entropy_from_logits
 from rlcot.sharding import TRAIN_RULES, logical_to_spec, state_shardings
 
@@ -71,8 +72,9 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_NxL: jax.Ar
     if tokens_NxL.ndim != 2 or tokens_NxL.shape[1] < 2:
         raise ValueError(f"tokens must be [N, L] with L >= 2, got shape {tokens_NxL.shape}")
     valid_NxL = valid_NxL.astype(bool)
+    params, lora = split_adapted(params)  # LoRA (rlcot.models.lora.Adapted): base + adapters
     model = nnx.merge(graphdef, params)
-    h_NxLxD, _ = model.hidden(tokens_NxL, positions_NxL, valid_NxL, remat=remat)
+    h_NxLxD, _ = model.hidden(tokens_NxL, positions_NxL, valid_NxL, remat=remat, lora=lora)
     return logprobs_from_hidden(model.logits, h_NxLxD, tokens_NxL, valid_NxL, chunk=chunk)
 
 

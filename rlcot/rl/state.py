@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from rlcot.models.lora import LoraConfig
 from rlcot.rl.objective import ObjectiveConfig
 from rlcot.rl.optim import OptimizerConfig, make_optimizer
 from rlcot.rl.value import ValueConfig
@@ -28,7 +29,11 @@ class UpdateConfig:
     rows x `objective.aggregation.max_tokens`, the completion budget (the loop sets it to
     rollout.max_new_tokens), or by a fixed `objective.aggregation.constant`; never by the padded
     prompt + completion length (see rl.aggregation). A minibatch without a valid token takes
-    no optimizer step."""
+    no optimizer step.
+
+    lora: train LoRA adapters on the frozen base instead of every weight (rlcot.models.lora);
+    the train state's params are then the adapters, the base is an input of the update step,
+    and the KL reference is the base itself."""
     objective: ObjectiveConfig = ObjectiveConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     value: ValueConfig | None = None
@@ -39,6 +44,7 @@ class UpdateConfig:
     logprob_chunk: int = 512
     remat: bool = False
     max_nonfinite_streak: int = 3
+    lora: LoraConfig = LoraConfig()
 
     def __post_init__(self):
         for name in ("epochs", "minibatches", "micro_batches", "logprob_chunk",

@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlcot.models import lora
 from rlcot.rl.aggregation import aggregate, aggregation_weights, mask_truncated, token_mean_weights
 from rlcot.rl.batch import UpdateBatch
 from rlcot.rl.logprobs import batch_sharding, row_shards, token_logprobs
@@ -66,7 +67,9 @@ def split_micro(x: jax.Array, micro_batches: int) -> jax.Array:
     return x.reshape(S // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1)
 
 
-def _policy_loss(graphdef, cfg: UpdateConfig, params, x: dict, kl_coef):
+def _policy_loss(graphdef, cfg: UpdateConfig, params, x: dict, kl_coef, base=None):
+    if base is not None:  # LoRA: params are the adapters, applied on the frozen base
+        params = lora.Adapted(base, params, cfg.lora.scale)
     logp, ent = token_logprobs(graphdef, params, x["tokens"], x["positions"], x["valid"],
                                chunk=cfg.logprob_chunk, remat=cfg.remat)
     loss_BxT, aux = token_objective(cfg.objective, logp, x["logp_old"], x["adv"], x["mask"],
@@ -98,8 +101,10 @@ def _zeros_f32(params, mesh, rules):
 def minibatch_grads(graphdef: nnx.GraphDef, cfg: UpdateConfig, params: Any, mb: dict,
                     kl_coef: jax.Array, *, critic_graphdef: nnx.GraphDef | None = None,
                     critic_params: Any = None, mesh: Mesh | None = None,
-                    rules: Any = TRAIN_RULES) -> tuple[Any, Any, jax.Array, dict]:
-    """Gradients of one minibatch, accumulated over `cfg.micro_batches` in float32.
+                    rules: Any = TRAIN_RULES, base: Any = None
+                    ) -> tuple[Any, Any, jax.Array, dict]:
+    """Gradients of one minibatch, accumulated over `cfg.micro_batches` in float32. base: the
+    frozen base weights when `params` are LoRA adapters (gradients go to the adapters only).
 
     mb: [S, L] arrays `tokens, positions, valid, mask, adv, logp_old` (+ `logp_ref,
     logp_sampler` when the objective uses them, `values_old, returns` with a critic) and the
@@ -108,7 +113,8 @@ def minibatch_grads(graphdef: nnx.GraphDef, cfg: UpdateConfig, params: Any, mb: 
     """
     micro = {k: _constrain_rows(split_micro(v, cfg.micro_batches), 1, mesh, rules)
              for k, v in mb.items()}
-    policy_vg = jax.value_and_grad(functools.partial(_policy_loss, graphdef, cfg), has_aux=True)
+    policy_vg = jax.value_and_grad(functools.partial(_policy_loss, graphdef, cfg, base=base),
+                                   has_aux=True)
     critic_vg = None
     if critic_params is not None:
         critic_vg = jax.value_and_grad(functools.partial(_critic_loss, critic_graphdef, cfg),
@@ -199,7 +205,7 @@ def _observed_kl(cfg: UpdateConfig, data: dict) -> jax.Array:
 
 
 def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: TrainState,
-            batch: UpdateBatch, rng: jax.Array) -> tuple[TrainState, dict]:
+            batch: UpdateBatch, rng: jax.Array, base: Any = None) -> tuple[TrainState, dict]:
     N, L = batch.tokens_NxL.shape
     cfg.check_rows(N, row_shards(mesh, rules))
     critic = state.critic_params is not None
@@ -217,7 +223,7 @@ def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: Tr
             mb["w_value"] = aggregation_weights(mask, cfg.value.aggregation)
         grads, cgrads, loss, metrics = minibatch_grads(
             graphdef, cfg, params, mb, state.kl_coef, critic_graphdef=critic_graphdef,
-            critic_params=cparams, mesh=mesh, rules=rules)
+            critic_params=cparams, mesh=mesh, rules=rules, base=base)
         grad_norm = optax.tree.norm(grads)
         metrics.update(loss=loss, grad_norm=grad_norm, grad_norm_max=grad_norm,
                        lr=schedule(opt_step))
@@ -276,8 +282,10 @@ def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: Tr
 def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: TrainState, *,
                      mesh: Mesh | None = None, rules: Any = TRAIN_RULES,
                      critic_graphdef: nnx.GraphDef | None = None,
-                     compiler_options: dict | None = None) -> Callable:
+                     compiler_options: dict | None = None, base_params: Any = None) -> Callable:
     """Jitted `update(state, batch, rng) -> (state, metrics)`; the state is donated.
+    base_params: the frozen base when `cfg.lora` is enabled and the state's params are its
+    adapters (an argument of the jitted step, neither donated nor a compiled-in constant).
 
     state_like: the state (or its abstract version) the step will see, for its shardings.
     compiler_options: XLA options for this step only, e.g. scheduler flags on accelerators, or
@@ -292,11 +300,20 @@ def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: Trai
     nonfinite_streak, nonfinite_total, kl_coef (after the controller), rollout_kl, tokens
     (positions processed, epochs x N x L) and loss_tokens.
     """
+    if cfg.lora.enabled != (base_params is not None):
+        raise ValueError(f"learner.lora.enabled is {cfg.lora.enabled}: base_params must be "
+                         f"given exactly when it is True")
     fn = functools.partial(_update, graphdef, critic_graphdef, cfg, mesh, rules)
     if mesh is None:
-        return jax.jit(fn, donate_argnums=0, compiler_options=compiler_options)
-    state_sh = train_state_shardings(state_like, mesh, rules)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(fn, in_shardings=(state_sh, batch_sharding(mesh, rules), replicated),
-                   out_shardings=(state_sh, replicated), donate_argnums=0,
-                   compiler_options=compiler_options)
+        step = jax.jit(fn, donate_argnums=0, compiler_options=compiler_options)
+    else:
+        state_sh = train_state_shardings(state_like, mesh, rules)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        in_sh = (state_sh, batch_sharding(mesh, rules), replicated)
+        if base_params is not None:
+            in_sh += (state_shardings(base_params, mesh, rules),)
+        step = jax.jit(fn, in_shardings=in_sh, out_shardings=(state_sh, replicated),
+                       donate_argnums=0, compiler_options=compiler_options)
+    if base_params is None:
+        return step
+    return lambda state, batch, rng: step(state, batch, rng, base_params)

@@ -31,6 +31,8 @@ import jax
 import numpy as np
 
 from rlcot import dpo, preferences, run_config, sft
+from rlcot.models import lora
+from rlcot.models.lora import LoraConfig
 from rlcot.sharding import MeshConfig
 from rlcot.toyworld.corpus import WorldConfig
 
@@ -101,6 +103,7 @@ class DPOStageConfig:
     optimizer: sft.SFTConfig = sft.SFTConfig(learning_rate=1e-6)
     train: DPOTrain = DPOTrain()
     eval: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    lora: LoraConfig = LoraConfig()  # train LoRA adapters on the frozen model (rlcot.models.lora)
 
     def __post_init__(self):
         total, steps = self.optimizer.total_steps, self.train.steps
@@ -253,7 +256,8 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     step_fn = dpo.make_train_step(optimizer, cfg.loss, opt_cfg.micro_batches, opt_cfg.remat)
     # Scalars (Adam's count) replicated on the mesh like the rest, so a restored state is
     # placed where the step expects it.
-    state = DPOState(policy.params, optimizer.init(policy.params))
+    base, trained = lora.start(cfg.lora, policy.params, cfg.seed, workdir, mesh)
+    state = DPOState(trained, optimizer.init(trained))  # LoRA: adapters; base stays frozen
     state = jax.device_put(state, train_state_shardings(state, mesh))
     ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)
     start, window = 0, []
@@ -275,7 +279,8 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     for i in range(start, steps):
         batch = put(dpo.collate_pairs(toks, order[i], pad_id=tok.pad_id, eos_id=tok.eos_id,
                                       length_multiple=m, ref=(ref_c, ref_r)))
-        params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch)
+        params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch, base,
+                                             cfg.lora.scale)
         window.append(metrics)
         done = i + 1
         logged = done % cfg.train.log_every == 0 or done == steps
@@ -312,7 +317,8 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     eval_sets, eval_cfg = world_setup.eval_setup(cfg.eval, cfg.world)
     if eval_sets:
         from rlcot.sampling import Sampler
-        sampler = Sampler(policy.cfg, params, tokenizer=tok, mesh=mesh)
+        sampler = Sampler(policy.cfg, lora.policy_weights(cfg.lora, base, params),
+                          tokenizer=tok, mesh=mesh)
         info["eval_after"] = {k[len("eval/"):]: v for k, v in world_setup.evaluate_at(
             steps, sampler.generate, tok, eval_sets, eval_cfg, cfg.seed, workdir).items()}
     return {**info, "wall_time_s": round(time.perf_counter() - t_start, 2)}

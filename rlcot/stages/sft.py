@@ -34,6 +34,8 @@ import numpy as np
 
 from rlcot import run_config, sft
 from rlcot.data.templates import TemplateConfig
+from rlcot.models import lora
+from rlcot.models.lora import LoraConfig
 from rlcot.sharding import MeshConfig
 from rlcot.toyworld.corpus import WorldConfig
 
@@ -107,8 +109,12 @@ class SFTStageConfig:
     optimizer: sft.SFTConfig = sft.SFTConfig()
     train: SFTTrain = SFTTrain()
     eval: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    lora: LoraConfig = LoraConfig()  # train LoRA adapters on the frozen model (rlcot.models.lora)
 
     def __post_init__(self):
+        if self.lora.enabled and self.train.cache:
+            raise ValueError("lora and train.cache do not go together: the cache holds whole "
+                             "models; set train.cache=False")
         total = self.optimizer.total_steps
         if total is not None and total < self.train.steps:
             raise ValueError(f"optimizer.total_steps ({total}) is shorter than train.steps "
@@ -336,7 +342,8 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
         opt_cfg = dataclasses.replace(opt_cfg, total_steps=steps)
     optimizer = sft.make_optimizer(opt_cfg)
     step_fn = sft.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat)
-    state = SFTState(policy.params, optimizer.init(policy.params))
+    base, trained = lora.start(cfg.lora, policy.params, cfg.seed, workdir, mesh)
+    state = SFTState(trained, optimizer.init(trained))  # LoRA: adapters; base stays frozen
     # Everything onto the mesh (the optimizer's step count lands on one device otherwise), so
     # that a restored state, whose arrays keep the shardings they are restored into, fits the
     # compiled step as a fresh one does.
@@ -397,7 +404,8 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
         if packed and len(idx) < cfg.train.batch_size:  # fewer rows than asked: pad with
             idx = idx + [[] for _ in range(cfg.train.batch_size - len(idx))]  # empty ones
         batch = (collate(idx[:k]), collate(idx[k:])) if k else collate(idx)
-        params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch)
+        params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch, base,
+                                             cfg.lora.scale)
         recent.append(metrics)
         done = i + 1
         if done % cfg.train.log_every == 0 or done == steps:
@@ -426,7 +434,8 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     eval_sets, eval_cfg = world_setup.eval_setup(cfg.eval, cfg.world)
     if eval_sets:
         from rlcot.sampling import Sampler
-        sampler = Sampler(policy.cfg, params, tokenizer=tok, mesh=mesh)
+        sampler = Sampler(policy.cfg, lora.policy_weights(cfg.lora, base, params),
+                          tokenizer=tok, mesh=mesh)
         info["eval_after"] = {k[len("eval/"):]: v for k, v in world_setup.evaluate_at(
             steps, sampler.generate, tok, eval_sets, eval_cfg, cfg.seed, workdir).items()}
     if entry is not None:

@@ -60,7 +60,7 @@ def test_bad_keys_and_values_fail_by_name():
         run_config.resolve(c)
 
 
-@pytest.mark.parametrize("variant", [None, "toy", "toy_shortcut", "smollm2_smoke",
+@pytest.mark.parametrize("variant", [None, "toy", "toy_shortcut", "toy_lora", "smollm2_smoke",
                                      "qwen_math_1.5b", "qwen_0.5b"])
 def test_r1_zero_variants_resolve(variant):
     from rlcot import study
@@ -71,7 +71,8 @@ def test_r1_zero_variants_resolve(variant):
     assert set(rc.rewards) == {"accuracy", "format"}
     rows = rc.data.batch_prompts * rc.rollout.num_samples
     rc.learner.check_rows(rows)  # splits into minibatches x micro-batches
-    if variant in (None, "toy", "toy_shortcut"):
+    assert rc.learner.lora.enabled == (variant == "toy_lora")
+    if variant in (None, "toy", "toy_shortcut", "toy_lora"):
         assert plan.order == ("base", "rl") and plan["base"].kind == "sft"
         assert rc.model.source == "stage:base" and rc.eval["datasets"] == ("toyworld:test:256",)
         assert rc.world.rates.flaw_rate == (0.6 if variant == "toy_shortcut" else 1.0)
