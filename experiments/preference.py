@@ -234,7 +234,6 @@ def tiny() -> config_dict.ConfigDict:
     base = c.stages.base
     base.train.update(steps=30, batch_size=16, short_rows=0, length_multiple=256)
     base.optimizer.warmup_steps = 5
-    c.eval.update(datasets=(f"{EVAL}:16",), num_samples=2, batch_size=16, max_new_tokens=96)
     c.data.batch_prompts = 4
     c.rollout.max_new_tokens = 96
     c.train.steps = 2
@@ -255,7 +254,9 @@ def tiny() -> config_dict.ConfigDict:
         c.stages[name].optimizer.warmup_steps = 1
     c.stages.dpo.train.update(epochs=1, steps=2, batch_size=2, checkpoint_every=2)
     c.stages.dpo.optimizer.warmup_steps = 1
-    c.stages.dpo.eval = c.eval.to_dict()
+    # The table reads the compare stages: no held-out evaluation in the tiny policy stages.
+    c.stages.dpo.eval = {}
+    c.eval = config_dict.ConfigDict()
     for _, name in ROWS:
         c.stages[name].update(prompts=8)
         c.stages[name].rollout.update(num_samples=2, max_new_tokens=96)

@@ -5,6 +5,7 @@ with the adapters merged."""
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -50,12 +51,16 @@ def test_lora_run_trains_adapters_against_the_base(lora_run):
     assert all(r["opt_steps"] == 2 and r["grad_norm"] > 0 for r in train)
     # Step 1 samples from base + zero adapters: the policy is the reference bit for bit.
     assert train[0]["rollout_kl"] == 0.0 and train[-1]["rollout_kl"] > 0.0
-    # Checkpoints hold the adapters and their Adam moments, not the 0.44M-parameter base.
-    listing = json.loads((rl / "checkpoints" / "4" / "rlcot_files.json").read_text())
-    ckpt_bytes = sum(listing["files"].values())
+    # Checkpoints hold the adapters and their Adam moments, not the 0.44M-parameter base:
+    # counted in stored array elements (global shapes from the checkpoint's metadata; the
+    # on-disk bytes of orbax's ocdbt files vary from run to run and are no measure).
+    import orbax.checkpoint as ocp
+    meta = ocp.PyTreeCheckpointer().metadata(rl / "checkpoints" / "4" / "state")
+    stored = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(
+        meta.item_metadata.tree, is_leaf=lambda x: hasattr(x, "shape")))
     base = loop_tests._params(workdir / "base")
-    base_bytes = sum(x.nbytes for x in base)
-    assert ckpt_bytes < 0.5 * base_bytes, (ckpt_bytes, base_bytes)
+    base_elems = sum(x.size for x in base)
+    assert stored < 0.5 * base_elems, (stored, base_elems)  # a full checkpoint is >= 3x
     # The stage loads as the base with its adapters merged: only the adapted projections moved.
     merged = loop_tests._params(rl)
     changed = [not np.array_equal(a, b) for a, b in zip(base, merged, strict=True)]
