@@ -122,3 +122,29 @@ def test_compare_agreement_by_hand():
     # meetings 0, 1, 3 are decided under y; x agrees on 0, disagrees on 1, ties on 3
     assert agreement(x_m, x_b, y_m, y_b) == pytest.approx((1 + 0 + 0.5) / 3)
     assert agreement(x_m, x_b, y_b, y_b) is None
+
+
+def test_compare_and_labelled_pair_settings_fail_before_anything_runs():
+    from rlcot.stages import compare
+    rewards = {"true": {"reward": "r1_format"}, "rm": {"reward": "reward_model",
+                                                       "model": "stage:rm", "weight": 0.0}}
+    ok = {"model": {"source": "stage:ppo"}, "baseline": "stage:base", "rewards": rewards,
+          "win_by": "true"}
+    assert compare.resolve(ok).rollout.num_samples == 4
+    with pytest.raises(ValueError, match="needs baseline"):
+        compare.resolve({**ok, "baseline": ""})
+    with pytest.raises(ValueError, match=r"win_by 'truth' is not 'total' or a reward term"):
+        compare.resolve({**ok, "win_by": "truth"})
+    assert compare.sources(compare.resolve(ok)) == {
+        "model.source": "stage:ppo", "model.baseline": "stage:base",
+        "reward model of term 'rm'": "stage:rm"}
+    gen = {"model": {"source": "stage:base"}, "rewards": {"true": {"reward": "r1_format"}},
+           "select": "labelled_pairs"}
+    with pytest.raises(ValueError, match="label_by 'judge' is not 'total' or a reward term"):
+        generate.resolve({**gen, "label_by": "judge"})
+    with pytest.raises(ValueError, match="label_temperature must be a finite number >= 0"):
+        generate.resolve({**gen, "label_temperature": -0.1})
+    with pytest.raises(ValueError, match="judge_range must be"):
+        generate.resolve({**gen, "judge_range": (1.0, 0.0)})
+    with pytest.raises(ValueError, match="judge template fields"):
+        generate.resolve({**gen, "select": "judge", "judge_template": "{prompt} only"})
