@@ -1,6 +1,6 @@
 """The tiny ablation, run for real: arms that take the unusual paths (DAPO: dynamic sampling
-and overlong shaping, with -m slow; PPO: a GAE critic, in the default suite), every arm with
-`-m slow`."""
+and overlong shaping; PPO: a GAE critic), with `-m slow`. The default suite runs PPO with a GAE
+critic end to end in the tiny preference study (tests/loop/test_preference_tiny.py)."""
 
 from pathlib import Path
 
@@ -31,7 +31,8 @@ def _run_arm(arm, workdir):
     return rows
 
 
-@pytest.mark.parametrize("arm", [pytest.param("dapo", marks=pytest.mark.slow), "ppo_gae"])
+@pytest.mark.parametrize("arm", [pytest.param("dapo", marks=pytest.mark.slow),
+                                 pytest.param("ppo_gae", marks=pytest.mark.slow)])
 def test_tiny_arm_runs(arm, tmp_path):
     rows = _run_arm(arm, tmp_path)
     if arm == "dapo":
