@@ -32,6 +32,14 @@ def dataset_path(dataset: str, study_dir: Path | None) -> Path:
     return Path(study_dir) / dataset[len("stage:"):] / "data.jsonl"
 
 
+def check_dataset(dataset: str) -> None:
+    """A preference dataset names 'stage:NAME' or 'jsonl:PATH' (checked when a config is
+    resolved, before anything runs)."""
+    if dataset in ("stage:", "jsonl:") or not dataset.startswith(("stage:", "jsonl:")):
+        raise ValueError(f"data.dataset must be 'stage:NAME' (a generate stage with "
+                         f"select='labelled_pairs' or 'pairs') or 'jsonl:PATH', got {dataset!r}")
+
+
 def check_on_bad_rows(value: str) -> None:
     if value not in ("skip", "error"):
         raise ValueError(f"data.on_bad_rows must be 'skip' or 'error', got {value!r}")

@@ -82,6 +82,15 @@ def learning_rate_schedule(cfg: SFTConfig) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class OptimizerState:
+    """What the stages built on this optimizer (sft, dpo, reward_model) checkpoint: the
+    trained parameters (LoRA: the adapters) and their optimizer state."""
+    params: Any
+    opt_state: Any
+
+
 def make_optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
     return clipped_adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                          weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)

@@ -112,12 +112,6 @@ class DPOStageConfig:
                              f"({steps})")
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class DPOState:
-    params: Any
-    opt_state: Any
-
 
 # ---- the kind's interface ---------------------------------------------------------------------
 
@@ -128,10 +122,7 @@ def inherited(top: dict[str, Any]) -> dict[str, Any]:
 def resolve(values: dict[str, Any]) -> DPOStageConfig:
     cfg = run_config.build(DPOStageConfig, values, "stage")
     cfg.model.check()
-    if not cfg.data.dataset.startswith(("stage:", "jsonl:")) or cfg.data.dataset in (
-            "stage:", "jsonl:"):
-        raise ValueError(f"data.dataset must be 'stage:NAME' (a generate stage with "
-                         f"select='pairs') or 'jsonl:PATH', got {cfg.data.dataset!r}")
+    preferences.check_dataset(cfg.data.dataset)
     return cfg
 
 
@@ -257,7 +248,8 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     # Scalars (Adam's count) replicated on the mesh like the rest, so a restored state is
     # placed where the step expects it.
     base, trained = lora.start(cfg.lora, policy.params, cfg.seed, workdir, mesh)
-    state = DPOState(trained, optimizer.init(trained))  # LoRA: adapters; base stays frozen
+    # LoRA: the adapters are trained; the base stays frozen.
+    state = sft.OptimizerState(trained, optimizer.init(trained))
     state = jax.device_put(state, train_state_shardings(state, mesh))
     ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)
     start, window = 0, []
@@ -298,7 +290,8 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
         else:
             progress.update({})
         if saved:
-            ckpt.save(done, DPOState(params, opt_state), {"step": done, "window": window})
+            ckpt.save(done, sft.OptimizerState(params, opt_state),
+                      {"step": done, "window": window})
     ckpt.close()
     writer.close()
     progress.close()

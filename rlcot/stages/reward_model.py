@@ -101,12 +101,6 @@ class RMStageConfig:
     train: RMTrain = RMTrain()
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class RMState:
-    params: Any
-    opt_state: Any
-
 
 def inherited(top: dict[str, Any]) -> dict[str, Any]:
     return {k: top[k] for k in ("seed", "mesh", "world") if k in top}
@@ -115,11 +109,7 @@ def inherited(top: dict[str, Any]) -> dict[str, Any]:
 def resolve(values: dict[str, Any]) -> RMStageConfig:
     cfg = run_config.build(RMStageConfig, values, "stage")
     cfg.model.check()
-    if cfg.data.dataset in ("stage:", "jsonl:") or not cfg.data.dataset.startswith(
-            ("stage:", "jsonl:")):
-        raise ValueError(f"data.dataset must be 'stage:NAME' (a generate stage with "
-                         f"select='labelled_pairs' or 'pairs') or 'jsonl:PATH', got "
-                         f"{cfg.data.dataset!r}")
+    preferences.check_dataset(cfg.data.dataset)
     return cfg
 
 
@@ -267,7 +257,7 @@ def run(cfg: RMStageConfig, ctx: Any) -> dict[str, Any]:
                          f"stage's {steps} steps")
     optimizer = sft.make_optimizer(opt_cfg)
     step_fn = reward_model.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat)
-    state = RMState(params, optimizer.init(params))
+    state = sft.OptimizerState(params, optimizer.init(params))
     state = jax.device_put(state, train_state_shardings(state, mesh))
     ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)
     start, window = 0, []
@@ -317,7 +307,8 @@ def run(cfg: RMStageConfig, ctx: Any) -> dict[str, Any]:
         else:
             progress.update({})
         if saved:
-            ckpt.save(done, RMState(params, opt_state), {"step": done, "window": window})
+            ckpt.save(done, sft.OptimizerState(params, opt_state),
+                      {"step": done, "window": window})
     ckpt.close()
     writer.close()
     progress.close()

@@ -131,12 +131,6 @@ class SFTStageConfig:
                              f"{K}: use a multiple of {K}")
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class SFTState:
-    params: Any
-    opt_state: Any
-
 
 # ---- the kind's interface ---------------------------------------------------------------------
 
@@ -343,7 +337,8 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     optimizer = sft.make_optimizer(opt_cfg)
     step_fn = sft.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat)
     base, trained = lora.start(cfg.lora, policy.params, cfg.seed, workdir, mesh)
-    state = SFTState(trained, optimizer.init(trained))  # LoRA: adapters; base stays frozen
+    # LoRA: the adapters are trained; the base stays frozen.
+    state = sft.OptimizerState(trained, optimizer.init(trained))
     # Everything onto the mesh (the optimizer's step count lands on one device otherwise), so
     # that a restored state, whose arrays keep the shardings they are restored into, fits the
     # compiled step as a fresh one does.
@@ -385,7 +380,7 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
 
     def save(done: int) -> None:
         nonlocal saved
-        ckpt.save(done, SFTState(params, opt_state),
+        ckpt.save(done, sft.OptimizerState(params, opt_state),
                   {"step": done, "window": _window_to_json(recent)})
         saved = done
 
