@@ -339,7 +339,8 @@ def run(cfg: RMStageConfig, ctx: Any) -> dict[str, Any]:
                             if k in ("agreement", "agreement_pairs", "rows", "samples",
                                      "skipped")}
     return {"data_summary": data_summary, "steps": steps, "seed": cfg.seed,
-            "num_params": policy.cfg.num_params() + policy.cfg.d_model + 1, "rows": n_read, "pairs": len(toks.lengths),
+            "num_params": policy.cfg.num_params() + policy.cfg.d_model + 1, "rows": n_read,
+            "pairs": len(toks.lengths),
             "train_pairs": int(len(train_idx)), "heldout_pairs": int(len(eval_idx)),
             "skipped": skipped, "final_train": final, "resumed_from_step": start,
             "score_mean": card["score_mean"], "score_std": card["score_std"],

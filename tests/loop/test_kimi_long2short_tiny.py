@@ -4,18 +4,14 @@ merge, eval) runs end to end as the user's command, and the sweep's table has a 
 every method."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rlcot.sweep.spec import load_experiment
 from rlcot.workdir import read_metrics
+from tests.loop.study_command import ROOT, run_tiny_study
 
-ROOT = Path(__file__).resolve().parents[2]
 EVAL = "toyworld:test"
 
 pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
@@ -27,12 +23,7 @@ def test_tiny_study_runs_every_method_and_fills_the_table(tmp_path):
     sweep = exp.get_sweep("tiny")
     [point] = sweep.points()
     workdir = tmp_path / point.name
-    # One CPU device (not the session's 8 fake ones), as the user runs it.
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    cmd = [sys.executable, "-m", "rlcot.main", "run", "--config",
-           "experiments/kimi_long2short.py:tiny", "--workdir", str(workdir), "--config.seed=0"]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_tiny_study("kimi_long2short", workdir)
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["finished"]
     st = summary["stages"]

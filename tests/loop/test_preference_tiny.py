@@ -5,18 +5,14 @@ plot is drawn."""
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rlcot.sweep.spec import load_experiment
 from rlcot.workdir import read_metrics
+from tests.loop.study_command import ROOT, run_tiny_study
 
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
 
@@ -28,11 +24,7 @@ def test_tiny_preference_study_runs_every_arm_and_fills_the_tables(tmp_path):
     sweep = exp.get_sweep("tiny")
     [point] = sweep.points()
     workdir = tmp_path / point.name
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
-    cmd = [sys.executable, "-m", "rlcot.main", "run", "--config",
-           "experiments/preference.py:tiny", "--workdir", str(workdir), "--config.seed=0"]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_tiny_study("preference", workdir)
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["finished"]
     st = summary["stages"]
