@@ -147,15 +147,75 @@ def _attend(cfg: ModelConfig, q_BxTxNxH: jax.Array, k_BxKxHxS: jax.Array, v_BxKx
     return out_BxTxNxH.astype(q_BxTxNxH.dtype)
 
 
+def _attend_shared(cfg: ModelConfig, q_NxQxKRxH: jax.Array, pre_k_BxKxHxP: jax.Array,
+                   pre_v_BxKxPxH: jax.Array, k_NxKxHxS: jax.Array, v_NxKxSxH: jax.Array,
+                   mask_NxQxPS: jax.Array) -> jax.Array:
+    """Attention of rows that share prompts: [N, Q, K*R, H] (R query heads per KV head).
+
+    Row n = b*G + g attends to prompt b's P prefix slots and to its own S slots. The prefix
+    block is contracted with the queries of all G rows of a prompt grouped together, so each
+    prompt's prefix is read once per step instead of once per row. The two blocks' scores are
+    concatenated before `attention_probs`, so scaling, soft-capping, masking and the softmax
+    are the model's own, over all P + S keys at once.
+    """
+    N, Q, KR, H = q_NxQxKRxH.shape
+    B, K, _, P = pre_k_BxKxHxP.shape
+    G, R, S = N // B, KR // K, k_NxKxHxS.shape[-1]
+    dt = q_NxQxKRxH.dtype
+    batch = ((0, 1), (0, 1))
+    # Prefix block: per (prompt, KV head), the R x G x Q queries of the prompt's rows.
+    q_BxKxRGQxH = (q_NxQxKRxH.reshape(B, G, Q, K, R, H).transpose(0, 3, 4, 1, 2, 5)
+                   .reshape(B, K, R * G * Q, H))
+    pre_BxKxRGQxP = jax.lax.dot_general(q_BxKxRGQxH, pre_k_BxKxHxP.astype(dt),
+                                        (((3,), (2,)), batch), preferred_element_type=jnp.float32)
+    # Suffix block: per (row, KV head), the row's R x Q queries.
+    q_NxKxRQxH = q_NxQxKRxH.reshape(N, Q, K, R, H).transpose(0, 2, 3, 1, 4).reshape(N, K, R * Q, H)
+    suf_NxKxRQxS = jax.lax.dot_general(q_NxKxRQxH, k_NxKxHxS.astype(dt), (((3,), (2,)), batch),
+                                       preferred_element_type=jnp.float32)
+    suf_BxKxRxGQxS = (suf_NxKxRQxS.reshape(B, G, K, R, Q, S).transpose(0, 2, 3, 1, 4, 5)
+                      .reshape(B, K, R, G * Q, S))
+    scores_BxKxRxGQxPS = jnp.concatenate([pre_BxKxRGQxP.reshape(B, K, R, G * Q, P),
+                                          suf_BxKxRxGQxS], axis=-1)
+    probs_BxKxRxGQxPS = attention_probs(cfg, scores_BxKxRxGQxPS,
+                                        mask_NxQxPS.reshape(B, G * Q, P + S))
+    pre_out_BxKxRGQxH = jax.lax.dot_general(
+        probs_BxKxRxGQxPS[..., :P].reshape(B, K, R * G * Q, P).astype(pre_v_BxKxPxH.dtype),
+        pre_v_BxKxPxH, (((3,), (2,)), batch))
+    suf_probs_NxKxRQxS = (probs_BxKxRxGQxPS[..., P:].reshape(B, K, R, G, Q, S)
+                          .transpose(0, 3, 1, 2, 4, 5).reshape(N, K, R * Q, S))
+    suf_out_NxKxRQxH = jax.lax.dot_general(suf_probs_NxKxRQxS.astype(v_NxKxSxH.dtype), v_NxKxSxH,
+                                           (((3,), (2,)), batch))
+    out_NxQxKRxH = (pre_out_BxKxRGQxH.reshape(B, K, R, G, Q, H).transpose(0, 3, 4, 1, 2, 5)
+                    .reshape(N, Q, KR, H)
+                    + suf_out_NxKxRQxH.reshape(N, K, R, Q, H).transpose(0, 3, 1, 2, 4)
+                    .reshape(N, Q, KR, H))
+    return out_NxQxKRxH.astype(dt)
+
+
 def forward(cfg: ModelConfig, sp: SamplingParams, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-            valid_BxT: jax.Array, cache: DecodeCache) -> tuple[jax.Array, DecodeCache]:
-    """Final-norm hidden states [B, T, D] of T new tokens, written into the cache at its index."""
+            valid_BxT: jax.Array, cache: DecodeCache, prefix: DecodeCache | None = None
+            ) -> tuple[jax.Array, DecodeCache]:
+    """Final-norm hidden states [B, T, D] of T new tokens, written into the cache at its index.
+
+    prefix: a read-only cache of B / G prompts (G = cache rows per prompt, prompt-major); row
+    b*G + g then attends to prompt b's prefix slots before its own cache slots, exactly as if
+    they were one row of P + S slots (see `_attend_shared`).
+    """
     graphdef = block_graphdef(cfg)
     positions_BxT = positions_BxT.astype(jnp.int32)
     x_BxTxD = embed_tokens(cfg, sp.top["embed"], tokens_BxT)
     new_pos_BxT = jnp.where(valid_BxT, positions_BxT, -1)
     k_pos_BxS = jax.lax.dynamic_update_slice_in_dim(cache.pos_BxS, new_pos_BxT, cache.index, 1)
-    global_in, local_in = layer_inputs(cfg, positions_BxT, k_pos_BxS)
+    if prefix is None:
+        global_in, local_in = layer_inputs(cfg, positions_BxT, k_pos_BxS)
+    else:
+        # Masks over [prefix slots | own slots] from the same position bookkeeping.
+        rows, prompts = tokens_BxT.shape[0], prefix.pos_BxS.shape[0]
+        if rows % prompts:
+            raise ValueError(f"{rows} cache rows do not split into {prompts} prompts' samples")
+        pre_pos_BxP = jnp.repeat(prefix.pos_BxS, rows // prompts, axis=0)
+        global_in, local_in = layer_inputs(cfg, positions_BxT,
+                                           jnp.concatenate([pre_pos_BxP, k_pos_BxS], axis=1))
     ks, vs = [], []
     for i in range(cfg.n_layers):
         block = nnx.merge(graphdef, sp.layers[i])
@@ -167,7 +227,11 @@ def forward(cfg: ModelConfig, sp: SamplingParams, tokens_BxT: jax.Array, positio
             k_cache, k_BxTxKxH.transpose(0, 2, 3, 1).astype(k_cache.dtype), cache.index, 3)
         v_cache = jax.lax.dynamic_update_slice_in_dim(
             v_cache, v_BxTxKxH.transpose(0, 2, 1, 3).astype(v_cache.dtype), cache.index, 2)
-        attn_BxTxNxH = _attend(cfg, q_BxTxNxH, k_cache, v_cache, mask)
+        if prefix is None:
+            attn_BxTxNxH = _attend(cfg, q_BxTxNxH, k_cache, v_cache, mask)
+        else:
+            attn_BxTxNxH = _attend_shared(cfg, q_BxTxNxH, prefix.k_BxKxHxS[i],
+                                          prefix.v_BxKxSxH[i], k_cache, v_cache, mask)
         x_BxTxD = block.out(cfg, x_BxTxD, attn_BxTxNxH)
         ks.append(k_cache)
         vs.append(v_cache)

@@ -24,6 +24,7 @@ class LoopStatic:
     spec: SamplingSpec      # spec.compiled(gen_len)
     num_samples: int        # G
     pad_id: int
+    shared_prefix: bool     # decode over one prefix cache per prompt + one suffix cache per row
     mesh: Mesh | None
     rules: tuple[tuple[str, Any], ...]  # sharding rules as items (hashable)
 
@@ -87,14 +88,21 @@ def run(static: LoopStatic, sp: decode.SamplingParams, prompt_BxP: jax.Array,
     cache_dtype = jnp.dtype(spec.cache_dtype or cfg.dtype)
     cache_axes = decode.cache_logical_axes(cfg)
 
-    # Prefill once per prompt into a prompt-sized cache (attention over P slots, not P + T),
-    # then give each of the prompt's G rows a copy, extended with T empty slots.
+    # Prefill once per prompt into a prompt-sized cache (attention over P slots, not P + T).
+    # Shared prefix: that cache stays as it is, read by all G rows of the prompt, and each row
+    # gets a cache of T slots for its own tokens (B*P + N*T slots). Otherwise each of the G rows
+    # gets a copy of it, extended with T empty slots (N*(P + T) slots).
     valid_BxP = jnp.arange(P)[None, :] >= (P - prompt_len_B)[:, None]
     positions_BxP = positions_from_mask(valid_BxP)
     cache = static.constrain(decode.init_cache(cfg, B, P, cache_dtype), cache_axes)
     h_BxPxD, cache = decode.forward(cfg, sp, prompt_BxP, positions_BxP, valid_BxP, cache)
     logits_BxV = decode.logits(cfg, sp, h_BxPxD[:, -1:])[:, 0]
-    cache = _share_and_extend(cache, G, T)
+    if static.shared_prefix:
+        prefix = cache
+        cache = decode.init_cache(cfg, N, T, cache_dtype)
+    else:
+        prefix = None
+        cache = _share_and_extend(cache, G, T)
     logits_BxV = jnp.repeat(logits_BxV, G, axis=0) if G > 1 else logits_BxV
     cache = static.constrain(cache, cache_axes)
     logits_NxV = static.constrain(logits_BxV, ("batch", "vocab"))
@@ -146,7 +154,8 @@ def run(static: LoopStatic, sp: decode.SamplingParams, prompt_BxP: jax.Array,
         t, tok_N, cache, done_N, stopped_N, state_N, bufs = carry
         positions_Nx1 = (next_pos_N + t - 1)[:, None]
         valid_Nx1 = jnp.ones((N, 1), bool)
-        h_Nx1xD, cache = decode.forward(cfg, sp, tok_N[:, None], positions_Nx1, valid_Nx1, cache)
+        h_Nx1xD, cache = decode.forward(cfg, sp, tok_N[:, None], positions_Nx1, valid_Nx1, cache,
+                                        prefix)
         cache = static.constrain(cache, cache_axes)
         logits_NxV = static.constrain(decode.logits(cfg, sp, h_Nx1xD)[:, 0], ("batch", "vocab"))
         tok_N, done_N, stopped_N, state_N, bufs = sample(t, logits_NxV, done_N, stopped_N,

@@ -44,6 +44,7 @@ class SamplePlan:
     prompt_len: int          # P (bucketed)
     gen_len: int             # T (bucketed; the loop stops at max_new_tokens)
     cache_dtype: str
+    shared_prefix: bool      # KV layout: B x P prefix + N x T suffix slots, else N x (P + T)
     cache_bytes: int
     cache_bytes_per_device: int
     work_bytes_per_device: int
@@ -52,7 +53,22 @@ class SamplePlan:
 
     @property
     def cache_len(self) -> int:
+        """Slots one row attends to (prompt + new tokens), in either layout."""
         return self.prompt_len + self.gen_len
+
+    @property
+    def cache_slots(self) -> int:
+        """Slots the cache holds over all rows (per layer and KV head)."""
+        if self.shared_prefix:
+            return self.batch_rows * self.prompt_len + self.rows * self.gen_len
+        return self.rows * self.cache_len
+
+    def layout(self) -> str:
+        if self.shared_prefix:
+            return (f"{self.batch_rows} prompts x {self.prompt_len} shared prefix slots + "
+                    f"{self.rows} rows x {self.gen_len} slots")
+        return (f"{self.rows} rows x {self.cache_len} cache slots (prompt {self.prompt_len} + "
+                f"{self.gen_len} new tokens)")
 
     @property
     def fits(self) -> bool:
@@ -60,8 +76,7 @@ class SamplePlan:
         return self.budget_bytes_per_device is None or need <= self.budget_bytes_per_device
 
     def summary(self) -> str:
-        return (f"{self.prompts} prompts x {self.num_samples} samples -> {self.rows} rows x "
-                f"{self.cache_len} slots (prompt {self.prompt_len} + {self.gen_len} new), "
+        return (f"{self.prompts} prompts x {self.num_samples} samples -> {self.layout()}, "
                 f"KV cache {self.cache_bytes / _GiB:.3f} GiB ({self.cache_dtype}), "
                 f"{self.cache_bytes_per_device / _GiB:.3f} GiB/device + "
                 f"{self.work_bytes_per_device / _GiB:.3f} GiB/device workspace")
@@ -135,6 +150,24 @@ class Sampler:
         size = 1 if self.mesh is None else self.mesh.devices.size
         return _shards(self.mesh, ("batch",), self.rules, (size,))
 
+    @staticmethod
+    def shares_prefix(num_samples: int, spec: SamplingSpec) -> bool:
+        """The KV layout a request decodes with: spec.shared_prefix, or when None, the shared
+        prefix whenever a prompt has several samples (G = 1 has nothing to share)."""
+        if spec.shared_prefix is not None:
+            return spec.shared_prefix
+        return num_samples > 1
+
+    def _cache_bytes(self, rows: int, length: int, dtype: Any) -> tuple[int, int]:
+        """(total, per device) bytes of a decode cache of rows x length slots."""
+        shapes = decode.cache_shapes(self.cfg, rows, length, dtype)
+        axes = decode.cache_logical_axes(self.cfg)
+        per_device = sum(
+            math.prod(s.shape) * s.dtype.itemsize // _shards(self.mesh, a, self.rules, s.shape)
+            for s, a in zip(jax.tree.leaves(shapes), jax.tree.leaves(axes, is_leaf=loop.is_axes))
+            if s.shape)  # the scalar write index is not part of the cache's size
+        return decode.decode_cache_bytes(self.cfg, rows, length, dtype), per_device
+
     def plan(self, num_prompts: int, prompt_len: int, num_samples: int,
              spec: SamplingSpec) -> SamplePlan:
         """Bucketed sizes and the memory they need; raises nothing (see `check`)."""
@@ -147,22 +180,23 @@ class Sampler:
         rows = batch_rows * num_samples
         P, T = bucket(prompt_len, 16), bucket(spec.max_new_tokens, 16)
         dtype = jnp.dtype(spec.cache_dtype or cfg.dtype)
-        total = decode.decode_cache_bytes(cfg, rows, P + T, dtype)
-        shapes = decode.cache_shapes(cfg, rows, P + T, dtype)
-        axes = decode.cache_logical_axes(cfg)
-        per_device = sum(
-            math.prod(s.shape) * s.dtype.itemsize // _shards(self.mesh, a, self.rules, s.shape)
-            for s, a in zip(jax.tree.leaves(shapes), jax.tree.leaves(axes, is_leaf=loop.is_axes))
-            if s.shape)  # the scalar write index is not part of the cache's size
+        shared = self.shares_prefix(num_samples, spec)
+        if shared:  # the prompts' prefix caches + the rows' caches of their new tokens
+            sizes = [self._cache_bytes(batch_rows, P, dtype), self._cache_bytes(rows, T, dtype)]
+        else:
+            sizes = [self._cache_bytes(rows, P + T, dtype)]
+        total, per_device = (sum(x) for x in zip(*sizes))
         act = jnp.dtype(cfg.dtype).itemsize
         # Prefill: float32 scores and probabilities [B, heads, P, P], MLP activations [B, P, F].
         prefill = batch_rows * P * (2 * cfg.n_heads * P * 4 + 3 * cfg.mlp_dim * act)
-        step = rows * cfg.vocab_size * 4 * 4 + rows * T * 12
+        # Decode step: float32 logits and filter temporaries [N, V], output buffers [N, T], one
+        # layer's float32 scores, probabilities (and their concatenation) [N, heads, P + T].
+        step = rows * cfg.vocab_size * 4 * 4 + rows * T * 12 + rows * cfg.n_heads * (P + T) * 12
         work = max(prefill // shards, step // shards)
         budget, source = _device_budget(list(self.mesh.devices.flat) if self.mesh is not None
                                         else jax.devices()[:1], self.memory_budget_bytes)
-        return SamplePlan(num_prompts, num_samples, batch_rows, rows, P, T, dtype.name, total,
-                          per_device, work, budget, source)
+        return SamplePlan(num_prompts, num_samples, batch_rows, rows, P, T, dtype.name, shared,
+                          total, per_device, work, budget, source)
 
     def check(self, plan: SamplePlan) -> None:
         if plan.fits:
@@ -170,8 +204,7 @@ class Sampler:
         cfg = self.cfg
         raise CacheTooLargeError(
             f"sampling request does not fit in memory: {plan.prompts} prompts x "
-            f"{plan.num_samples} samples = {plan.rows} rows x {plan.cache_len} cache slots "
-            f"(prompt {plan.prompt_len} + {plan.gen_len} new tokens), {cfg.n_layers} layers x "
+            f"{plan.num_samples} samples = {plan.layout()}, {cfg.n_layers} layers x "
             f"{cfg.n_kv_heads} KV heads x {cfg.head_dim} dims in {plan.cache_dtype}: KV cache "
             f"{plan.cache_bytes_per_device / _GiB:.2f} GiB per device "
             f"(+ {plan.work_bytes_per_device / _GiB:.2f} GiB workspace) > budget "
@@ -232,7 +265,7 @@ class Sampler:
         table = self.stop_table(spec.stop_strings)
 
         static = loop.LoopStatic(self.cfg, spec.compiled(T), num_samples, self.pad_id,
-                                 self.mesh, tuple(sorted(self.rules.items())))
+                                 plan.shared_prefix, self.mesh, tuple(sorted(self.rules.items())))
         args = (self.params, self._put(padded, ("batch", None)), self._put(padded_lens, ("batch",)),
                 self._put(rng, ()), self._put(table, ()),
                 self._put(np.int32(spec.max_new_tokens), ()),

@@ -14,6 +14,11 @@ class SamplingSpec:
     stop_ids end a row when sampled (the stop token is kept in the completion); stop_strings
     end it when the decoded completion contains one of them (matched on device, token by token;
     needs a tokenizer).
+    shared_prefix: the KV-cache layout of decoding. True: one cache of the prompt per prompt,
+    read by all of its G samples, plus one cache per sample for its new tokens
+    (B*P + B*G*T slots); False: every sample gets its own copy of the prompt's cache
+    (B*G*(P + T) slots). Both give the same tokens; None picks the faster one for G (see
+    `Sampler.shares_prefix`).
     """
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -24,6 +29,7 @@ class SamplingSpec:
     stop_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
     cache_dtype: str | None = None  # None: the model's compute dtype
+    shared_prefix: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -48,14 +54,19 @@ class SamplingSpec:
         if self.cache_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"cache_dtype must be None/float32/bfloat16/float16, "
                              f"got {self.cache_dtype!r}")
+        if self.shared_prefix is not None and not isinstance(self.shared_prefix, bool):
+            raise ValueError(f"shared_prefix must be None (automatic), True or False, "
+                             f"got {self.shared_prefix!r}")
 
     def replace(self, **kw) -> "SamplingSpec":
         return dataclasses.replace(self, **kw)
 
     def compiled(self, gen_len: int) -> "SamplingSpec":
         """The part of the spec that shapes compiled code: lengths within one bucket and the
-        stop strings (which reach the loop as a table, an argument) share a compilation."""
-        return dataclasses.replace(self, max_new_tokens=gen_len, stop_strings=())
+        stop strings (which reach the loop as a table, an argument) share a compilation; the
+        KV layout reaches the loop resolved (LoopStatic.shared_prefix)."""
+        return dataclasses.replace(self, max_new_tokens=gen_len, stop_strings=(),
+                                   shared_prefix=None)
 
 
 def bucket(n: int, minimum: int = 1) -> int:

@@ -169,7 +169,7 @@ def test_trainer_batch_layout(sampled, prompts):
 def test_cache_size_reported_and_checked(tiny):
     cfg, _, params = tiny
     sampler = Sampler(cfg, params, memory_budget_bytes=1 << 20)
-    spec = SamplingSpec(max_new_tokens=100)
+    spec = SamplingSpec(max_new_tokens=100, shared_prefix=False)
     plan = sampler.plan(num_prompts=3, prompt_len=9, num_samples=4, spec=spec)
     # 3 prompts -> 3 rows x 4 samples = 12 rows; 16 prompt + 128 new slots = 144.
     # K and V: 2 x 2 layers x 12 rows x 144 slots x 2 heads x 32 dims x 4 bytes = 1,769,472
@@ -181,3 +181,11 @@ def test_cache_size_reported_and_checked(tiny):
     for part in ("12 rows x 144 cache slots", "prompt 16 + 128 new tokens", "2 layers",
                  "float32", "configured budget", "Reduce"):
         assert part in msg, (part, msg)
+    # Shared prefix (the default for 4 samples): 3 prompts x 16 slots + 12 rows x 128 slots
+    # = 1,584 slots of 2 x 2 x 2 x 32 x 4 = 1,024 bytes (+ 4 bytes of position each).
+    shared = sampler.plan(num_prompts=3, prompt_len=9, num_samples=4, spec=SamplingSpec(100))
+    assert shared.shared_prefix and shared.cache_slots == 3 * 16 + 12 * 128
+    assert shared.cache_bytes == 1_584 * (1_024 + 4)
+    with pytest.raises(CacheTooLargeError, match="3 prompts x 16 shared prefix slots "
+                                                 r"\+ 12 rows x 128 slots"):
+        sampler.generate(*left_pad(PROMPTS, 0), jax.random.key(0), 4, SamplingSpec(100))
