@@ -3,6 +3,8 @@
     python bench/sampling.py                       # tiny@64, smollm2-135m@16 and @64 (CPU, minutes)
     python bench/sampling.py --sizes tiny:64 --repeats 3
     python bench/sampling.py --xla-default-dots    # compile with XLA:CPU's default YNNPACK dots
+    python bench/sampling.py --layouts-only --repeats 3   # shared-prefix vs copied KV cache
+    python bench/sampling.py --kv-layout copied    # every table with the copied-cache layout
     python bench/sampling.py --roofline --model qwen2.5-0.5b --batches 1,16,256  # accelerators
 
 Both sides get the same architecture and weights (ours exported with save_hf and loaded by
@@ -14,6 +16,11 @@ generate call, prefill included; each side is warmed up, runs are interleaved an
 On CPU the Sampler compiles its loop with Eigen dots instead of XLA's default YNNPACK fusions
 (rlcot.sampling.sampler.CPU_COMPILER_OPTIONS, an option of that one compilation);
 --xla-default-dots measures the default for comparison.
+
+The KV-layout table decodes G samples per prompt with the shared-prefix cache (one prompt
+cache per prompt + one cache per row for its new tokens) and with the copied cache (each row
+its own copy of the prompt's cache), interleaved in one process, best of --repeats, and checks
+that both give the same tokens. Its batch is the number of rows (prompts x G).
 
 --roofline (accelerators): fraction of the memory-bandwidth roofline per decode step, i.e.
 (weight bytes + KV bytes of the tokens attended) / decode-step time / peak bandwidth. Peak comes
@@ -60,6 +67,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-shared-prefill", action="store_true", help="skip the prefill-sharing row")
     p.add_argument("--shared", default="smollm2-135m:4:8:256:16",
                    help="preset:prompts:samples:prompt_len:new_tokens for the prefill-sharing row")
+    p.add_argument("--kv-layout", choices=("auto", "shared", "copied"), default="auto",
+                   help="KV-cache layout of the throughput, prefill and roofline tables "
+                        "(SamplingSpec.shared_prefix: None, True, False)")
+    p.add_argument("--layouts", default="tiny:16:8,tiny:64:8,smollm2-135m:16:8,smollm2-135m:64:8",
+                   help="preset:rows:samples triples for the KV-layout table ('' to skip)")
+    p.add_argument("--layouts-only", action="store_true", help="only the KV-layout table")
     p.add_argument("--roofline", action="store_true")
     p.add_argument("--model", default="qwen2.5-0.5b", help="roofline model preset")
     p.add_argument("--batches", default="1,16,256", help="roofline batch sizes")
@@ -69,6 +82,11 @@ def parse() -> argparse.Namespace:
 
 
 ARGS = argparse.Namespace()
+
+
+def layout_spec(**kw) -> SamplingSpec:
+    return SamplingSpec(shared_prefix={"auto": None, "shared": True, "copied": False}[
+        ARGS.kv_layout], **kw)
 
 
 def make_sampler(cfg, params) -> Sampler:
@@ -136,7 +154,7 @@ def throughput_table() -> list[str]:
     rows = ["| model | batch | prompt | new tokens | rlcot tok/s | rlcot compile (s) | "
             "HF generate tok/s | ratio | KV cache (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
     P, N = ARGS.prompt_len, ARGS.new_tokens
-    spec = SamplingSpec(max_new_tokens=N, greedy=True)
+    spec = layout_spec(max_new_tokens=N, greedy=True)
     for item in ARGS.sizes.split(","):
         name, batch = item.split(":")
         B = int(batch)
@@ -171,7 +189,7 @@ def shared_prefill_table() -> list[str]:
     B, G, P, N = int(B), int(G), int(P), int(N)
     cfg, params = model(name, ARGS.real_weights)
     sampler = make_sampler(cfg, params)
-    spec = SamplingSpec(max_new_tokens=N, temperature=1.0)
+    spec = layout_spec(max_new_tokens=N, temperature=1.0)
     toks, lens = prompts(cfg, B, P)
     rep_toks, rep_lens = np.repeat(toks, G, 0), np.repeat(lens, G)
     time_ours(sampler, toks, lens, G, spec)
@@ -183,6 +201,55 @@ def shared_prefill_table() -> list[str]:
             "prefill per sample (s) | saving |", "|---|---|---|---|---|---|---|",
             f"| {name} | {B} x {G} | {P} | {N} | {shared:.2f} | {repeated:.2f} | "
             f"{1 - shared / repeated:.0%} |"]
+
+
+def layout_table() -> list[str]:
+    """Shared-prefix vs copied KV cache: same prompts, rng and compiled settings otherwise."""
+    P, N = ARGS.prompt_len, ARGS.new_tokens
+    rows = ["| model | prompts x samples | prompt | new tokens | copied tok/s | shared tok/s | "
+            "shared / copied | KV copied (MiB) | KV shared (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for item in ARGS.layouts.split(","):
+        name, n_rows, G = item.split(":")
+        G = int(G)
+        B = int(n_rows) // G
+        cfg, params = model(name, ARGS.real_weights)
+        sampler = make_sampler(cfg, params)
+        toks, lens = prompts(cfg, B, P)
+        specs = {k: SamplingSpec(max_new_tokens=N, temperature=1.0, shared_prefix=k == "shared")
+                 for k in ("copied", "shared")}
+        outs = {k: run_ours(sampler, toks, lens, G, s)[1] for k, s in specs.items()}
+        same = agreement(outs["copied"], outs["shared"])
+        times = {k: [] for k in specs}
+        for _ in range(ARGS.repeats):
+            for k, s in specs.items():
+                times[k].append(time_ours(sampler, toks, lens, G, s))
+        tps = {k: B * G * N / min(v) for k, v in times.items()}
+        mib = {k: sampler.plan(B, P, G, s).cache_bytes / 2**20 for k, s in specs.items()}
+        print(f"{name} {B}x{G}: copied {tps['copied']:.0f} tok/s (runs "
+              f"{[round(t, 2) for t in times['copied']]} s), shared {tps['shared']:.0f} tok/s "
+              f"(runs {[round(t, 2) for t in times['shared']]} s), tokens: {same}", flush=True)
+        rows.append(f"| {name} | {B} x {G} | {P} | {N} | {tps['copied']:.0f} | "
+                    f"{tps['shared']:.0f} | {tps['shared'] / tps['copied']:.2f}x | "
+                    f"{mib['copied']:.1f} | {mib['shared']:.1f} |")
+    return rows
+
+
+def agreement(a, b) -> str:
+    """How far two samplings of the same rows agree: rows with identical tokens, and before a
+    row's first differing token the largest log-prob difference (float rounding of the two
+    layouts; a near-tie in a near-uniform random model can then flip one draw)."""
+    ta, tb = np.asarray(a.tokens_NxT), np.asarray(b.tokens_NxT)
+    la, lb = np.asarray(a.logp_NxT), np.asarray(b.logp_NxT)
+    differ = ta != tb
+    first = np.where(differ.any(1), differ.argmax(1), ta.shape[1])
+    before = np.arange(ta.shape[1])[None, :] < first[:, None]
+    dlogp = float(np.abs(np.where(before, la - lb, 0)).max())
+    same = int((first == ta.shape[1]).sum())
+    if same == len(ta):
+        return f"all {len(ta)} rows identical, max |logp diff| {dlogp:.1e}"
+    return (f"{same}/{len(ta)} rows identical, first difference at step {int(first.min())}, "
+            f"max |logp diff| before it {dlogp:.1e}")
 
 
 def peak_gbps() -> float:
@@ -208,8 +275,8 @@ def roofline_table() -> list[str]:
             "roofline |", "|---|---|---|---|---|---|"]
     for B in (int(b) for b in ARGS.batches.split(",")):
         toks, lens = prompts(cfg, B, P)
-        full, one = SamplingSpec(max_new_tokens=N, greedy=True), SamplingSpec(max_new_tokens=1,
-                                                                            greedy=True)
+        full, one = layout_spec(max_new_tokens=N, greedy=True), layout_spec(max_new_tokens=1,
+                                                                          greedy=True)
         time_ours(sampler, toks, lens, 1, full), time_ours(sampler, toks, lens, 1, one)
         t_full = min(time_ours(sampler, toks, lens, 1, full) for _ in range(ARGS.repeats))
         t_one = min(time_ours(sampler, toks, lens, 1, one) for _ in range(ARGS.repeats))
@@ -232,11 +299,16 @@ def main():
     if ARGS.roofline:
         print("\n".join(roofline_table()))
         return
+    if ARGS.layouts_only:
+        print("\n" + "\n".join(layout_table()))
+        return
     import torch
     print(f"torch {torch.__version__}, default {torch.get_num_threads()} threads", flush=True)
     table = throughput_table()
     if not ARGS.no_shared_prefill:
         table += [""] + shared_prefill_table()
+    if ARGS.layouts:
+        table += [""] + layout_table()
     print("\n" + "\n".join(table))
 
 

@@ -7,6 +7,10 @@ keeps one buffer per layer instead (the layers are unrolled; compile time grows 
 stays seconds) and a cache with one buffer per layer, keys stored transposed [B, K, H, S] so
 that both attention contractions read the cache in place. The layer math itself is the
 model's own (Blocks.qkv / Blocks.out), so the two paths cannot drift apart.
+
+The G samples of a prompt share its cache: decoding reads the prompt's prefill cache [B, .., P]
+(read-only, one per prompt) and each row's own cache [B*G, .., T] of the tokens it generated,
+instead of G copies of the prompt in B*G rows of P + T slots (`forward(..., prefix=)`).
 """
 
 from __future__ import annotations
