@@ -9,7 +9,8 @@
     texts = sampler.texts(out, spec)    # for the reward functions
 
 Rows are prompt-major (row b * G + g). A row's random draws depend only on (rng, row, step),
-so results do not change with the batch's sharding.
+so results do not change with the batch's sharding. The G rows of a prompt read one copy of its
+KV cache (SamplingSpec.shared_prefix).
 """
 
 from rlcot.sampling.decode import SamplingParams, to_sampling_params
