@@ -67,30 +67,34 @@ def test_attend_shared_equals_attention_over_copies(gemma_softcap):
     cfg = gemma_softcap[0]
     B, G, P, S, K, H = 2, 3, 8, 6, cfg.n_kv_heads, cfg.head_dim
     N = B * G
-    keys = jax.random.split(jax.random.key(0), 5)
-    q = jax.random.normal(keys[0], (N, 1, cfg.n_heads, H))
-    pre_k, pre_v = (jax.random.normal(k, (B, K, H, P)) for k in keys[1:3])
-    own_k, own_v = (jax.random.normal(k, (N, K, H, S)) for k in keys[3:5])
-    pre_v = pre_v.transpose(0, 1, 3, 2)
-    own_v = own_v.transpose(0, 1, 3, 2)
-    prompt_len = jnp.array([5, 8])
-    pre_pos_BxP = jnp.where(jnp.arange(P) >= P - prompt_len[:, None],
-                            jnp.arange(P) - (P - prompt_len[:, None]), -1)
-    filled_N = jnp.array([4, 2, 4, 1, 4, 3])  # own slots written so far, per row
-    own_pos_NxS = jnp.where(jnp.arange(S) < filled_N[:, None],
-                            jnp.repeat(prompt_len, G)[:, None] + jnp.arange(S), -1)
-    q_pos_Nx1 = jnp.repeat(prompt_len, G)[:, None] + filled_N[:, None] - 1
-    k_pos_NxPS = jnp.concatenate([jnp.repeat(pre_pos_BxP, G, 0), own_pos_NxS], axis=1)
-    global_in, local_in = layer_inputs(cfg.replace(sliding_window=6), q_pos_Nx1, k_pos_NxPS)
-    assert not bool(jnp.all(local_in.mask_BxTxS == global_in.mask_BxTxS))
-    shared = jax.jit(decode._attend_shared, static_argnums=0)
-    copied = jax.jit(decode._attend, static_argnums=0)
-    for mask in (global_in.mask_BxTxS, local_in.mask_BxTxS):
-        got = shared(cfg, q, pre_k, pre_v, own_k, own_v, mask)
-        want = copied(cfg, q, jnp.concatenate([jnp.repeat(pre_k, G, 0), own_k], -1),
-                      jnp.concatenate([jnp.repeat(pre_v, G, 0), own_v], -2), mask)
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
+    @jax.jit  # one compilation instead of one per eager op
+    def attend_both_ways(key):
+        keys = jax.random.split(key, 5)
+        q = jax.random.normal(keys[0], (N, 1, cfg.n_heads, H))
+        pre_k, own_k = jax.random.normal(keys[1], (B, K, H, P)), jax.random.normal(keys[2],
+                                                                                  (N, K, H, S))
+        pre_v, own_v = jax.random.normal(keys[3], (B, K, P, H)), jax.random.normal(keys[4],
+                                                                                  (N, K, S, H))
+        prompt_len = jnp.array([5, 8])
+        pre_pos_BxP = jnp.where(jnp.arange(P) >= P - prompt_len[:, None],
+                                jnp.arange(P) - (P - prompt_len[:, None]), -1)
+        filled_N = jnp.array([4, 2, 4, 1, 4, 3])  # own slots written so far, per row
+        own_pos_NxS = jnp.where(jnp.arange(S) < filled_N[:, None],
+                                jnp.repeat(prompt_len, G)[:, None] + jnp.arange(S), -1)
+        q_pos_Nx1 = jnp.repeat(prompt_len, G)[:, None] + filled_N[:, None] - 1
+        k_pos_NxPS = jnp.concatenate([jnp.repeat(pre_pos_BxP, G, 0), own_pos_NxS], axis=1)
+        global_in, local_in = layer_inputs(cfg.replace(sliding_window=6), q_pos_Nx1, k_pos_NxPS)
+        masks = (global_in.mask_BxTxS, local_in.mask_BxTxS)
+        copied_k = jnp.concatenate([jnp.repeat(pre_k, G, 0), own_k], -1)
+        copied_v = jnp.concatenate([jnp.repeat(pre_v, G, 0), own_v], -2)
+        return masks, [(decode._attend_shared(cfg, q, pre_k, pre_v, own_k, own_v, m),
+                        decode._attend(cfg, q, copied_k, copied_v, m)) for m in masks]
+
+    (global_mask, local_mask), outs = attend_both_ways(jax.random.key(0))
+    assert not bool(jnp.all(local_mask == global_mask))
+    for got, want in outs:
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 def test_plan_counts_shared_layout_per_device(tiny):
     # 8 prompts x 4 samples, prompt 40 -> bucket 48, 200 new -> bucket 256, bfloat16.
