@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -242,3 +243,123 @@ def mesh_shape(mesh: Mesh | None) -> dict[str, int]:
 __all__ = ["TOPOLOGIES", "topology_devices", "make_mesh", "UpdateShapes", "SampleShapes",
            "abstract_update_inputs", "lower_update", "lower_sampler", "memory_per_device",
            "mesh_shape", "logical_to_spec"]
+
+
+# ---- The `compile` command: every RL stage of a study, for the local devices or a topology ----
+
+def compile_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: Sequence[Any],
+                  *, shared_prefix: bool = False) -> dict[str, Any]:
+    """Lowers and compiles one RL stage's update step and sampling loop for `devices` (their
+    mesh from the stage's mesh section), with the planner's estimate beside XLA's memory
+    analysis. Returns {'plan', 'update', 'sampler', 'note', 'model'}."""
+    from rlcot import memory, preflight
+    from rlcot.sampling.spec import bucket
+    cfg = st.cfg
+    model_cfg = preflight.model_config(cfg.model.source, cfg.model.overrides(), earlier,
+                                       resolver)
+    if model_cfg is None:
+        raise ValueError(f"stage {st.name!r}: the architecture of {cfg.model.source!r} is not "
+                         f"known without loading it (use a preset, a local Hugging Face "
+                         f"directory or an earlier stage of the study)")
+    learner, sizes, note = preflight.rl_memory_inputs(cfg, model_cfg)
+    mesh = cfg.mesh.make(list(devices))
+    from rlcot.rl.logprobs import row_shards
+    learner.check_rows(sizes.rows, row_shards(mesh))
+    reference = learner.objective.kl.placement != "none"
+    plan = memory.plan(model_cfg, learner, sizes, mesh, reference=reference,
+                       shared_prefix=shared_prefix)
+    shards = row_shards(mesh, SAMPLE_RULES)
+    P, T = bucket(sizes.prompt_len, 16), bucket(sizes.max_new_tokens, 16)
+    prompts = -(-bucket(sizes.batch_prompts) // shards) * shards
+    update = memory_per_device(lower_update(
+        model_cfg, learner, UpdateShapes(sizes.rows, P + sizes.max_new_tokens),
+        reference=reference, mesh=mesh).compile())
+    sampler = memory_per_device(lower_sampler(
+        model_cfg, SampleShapes(prompts, sizes.num_samples, P, T), mesh=mesh).compile())
+    return {"plan": plan, "update": update, "sampler": sampler, "note": note,
+            "model": model_cfg}
+
+
+def format_report(name: str, r: Mapping[str, Any], device: str) -> str:
+    """The planner's table and the compiled programs' memory per device, side by side."""
+    gib = lambda b: f"{b / (1 << 30):.3f} GiB"  # noqa: E731
+    p = r["plan"]
+    lines = [f"stage {name}: {r['model'].name or r['model'].family} "
+             f"({r['model'].num_params() / 1e9:.2f}B parameters) on {device}", p.table()]
+    if r["note"]:
+        lines.append(f"  ({r['note']})")
+    for label, m, est in (("update step", r["update"], p.update_program),
+                          ("sampling loop", r["sampler"], p.sampling_program)):
+        lines.append(f"compiled {label} per device: arguments {gib(m['argument'])}, outputs "
+                     f"{gib(m['output'])} (aliased {gib(m['alias'])}), temporaries "
+                     f"{gib(m['temp'])}; peak {gib(m['peak'])}; planner {gib(est)} "
+                     f"(x{est / max(m['peak'], 1):.2f})")
+    return "\n".join(lines)
+
+
+def plan_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: int, *,
+               shared_prefix: bool = False) -> tuple[Any, str]:
+    """The planner's estimate alone for a stage on `devices` devices (its mesh section with
+    -1 resolved), compiling nothing: (MemoryPlan, note)."""
+    from rlcot import memory, preflight
+    cfg = st.cfg
+    model_cfg = preflight.model_config(cfg.model.source, cfg.model.overrides(), earlier,
+                                       resolver)
+    if model_cfg is None:
+        raise ValueError(f"stage {st.name!r}: the architecture of {cfg.model.source!r} is not "
+                         f"known without loading it")
+    learner, sizes, note = preflight.rl_memory_inputs(cfg, model_cfg)
+    shape = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        shape[shape.index(-1)] = devices // known
+    if math.prod(shape) != devices:
+        raise ValueError(f"mesh (data, fsdp, tensor)={tuple(shape)} does not use {devices} "
+                         f"devices")
+    mesh = memory.MeshShape(*shape)
+    budget, source = memory.device_budget([])  # $RLCOT_MEMORY_BUDGET_GIB, if set
+    return memory.plan(model_cfg, learner, sizes, mesh, shared_prefix=shared_prefix,
+                       reference=learner.objective.kl.placement != "none",
+                       budget_bytes=budget, budget_source=source), note
+
+
+def compile_study(config: Any, *, topology: str | None = None, stage: str | None = None,
+                  shared_prefix: bool = False, plan_devices: int | None = None,
+                  out: Any = print) -> dict[str, Any]:
+    """`python -m rlcot.main compile`: every RL stage of the study (or `stage`), compiled for
+    the local devices or for the TPU slice `topology`; prints one report per stage.
+    plan_devices: print only the planner's table for that many devices (nothing compiled)."""
+    from pathlib import Path
+    import tempfile
+    from rlcot import sources, study
+    p = study.plan(config)
+    if stage is not None and stage not in p.order:
+        raise KeyError(f"--stage {stage!r}: no such stage; stages: {list(p.order)}")
+    if plan_devices:
+        devices, device = [], f"{plan_devices} devices (planner only)"
+    else:
+        devices = topology_devices(topology) if topology else jax.devices()
+        device = (f"{topology} ({len(devices)} x {devices[0].device_kind})" if topology
+                  else f"{len(devices)} local {devices[0].platform} device(s)")
+    world = next((getattr(s.cfg, "world", None) for s in p.stages), None)
+    resolver = sources.Resolver(study_dir=Path(tempfile.mkdtemp(prefix="rlcot_compile_")),
+                                world=world)
+    earlier: dict[str, Any] = {}
+    reports = {}
+    for st in p.stages:
+        if st.kind == "rl" and (stage is None or st.name == stage):
+            if plan_devices:
+                plan, note = plan_stage(st, earlier, resolver, plan_devices,
+                                        shared_prefix=shared_prefix)
+                reports[st.name] = {"plan": plan, "note": note}
+                out(f"stage {st.name} on {device}\n{plan.table()}"
+                    + (f"\n  ({note})" if note else ""))
+            else:
+                reports[st.name] = compile_stage(st, earlier, resolver, devices,
+                                                 shared_prefix=shared_prefix)
+                out(format_report(st.name, reports[st.name], device))
+        earlier[st.name] = st
+    if not reports:
+        raise ValueError(f"no RL stage to compile in {list(p.order)}"
+                         + (f" (--stage {stage})" if stage else ""))
+    return reports

@@ -425,7 +425,7 @@ def device_budget(devices: Any = None) -> tuple[int | None, str]:
     return None, "no memory statistics for this device"
 
 
-class MemoryError_(ValueError):
+class DoesNotFitError(ValueError):
     """A run whose planned bytes per device exceed the budget."""
 
 
@@ -489,14 +489,14 @@ def knobs(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any, budg
 def check(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None, *,
           budget_bytes: int | None = None, budget_source: str = "configured budget",
           **plan_kw) -> MemoryPlan:
-    """The plan; raises MemoryError_ (a ValueError) listing the components and the knobs
+    """The plan; raises DoesNotFitError (a ValueError) listing the components and the knobs
     that would make it fit when its peak exceeds the budget (None: no check)."""
     p = plan(cfg, learner, sizes, mesh, budget_bytes=budget_bytes, budget_source=budget_source,
              **plan_kw)
     if p.fits:
         return p
     fixes = knobs(cfg, learner, sizes, mesh, budget_bytes, **plan_kw)
-    raise MemoryError_(
+    raise DoesNotFitError(
         f"this run needs {p.peak / _GiB:.2f} GiB per device, more than the budget of "
         f"{budget_bytes / _GiB:.2f} GiB ({budget_source}):\n{p.table()}\n"
         f"settings that lower the peak:\n  " + ("\n  ".join(fixes) if fixes else
