@@ -6,7 +6,7 @@ Variants (`--config experiments/recipes.py:VARIANT`):
 
     qwen2.5_7b_v5p    Qwen2.5-7B on a v5p-64 slice (32 chips): mesh fsdp=8 x tensor=4
     gemma3_4b_v5e     Gemma-3-4B on a v5e-16 slice (16 chips, 16 GiB each): fsdp=8 x tensor=2,
-                      16 prompts x 8 samples
+                      16 prompts x 8 samples, 384 + 768 tokens
     qwen2.5_1.5b_gpu  Qwen2.5-1.5B on one GPU (80 GiB)
     tiny              the same settings on the tiny preset, small enough for CPU (tests)
 
@@ -102,11 +102,14 @@ def qwen7b_v5p() -> config_dict.ConfigDict:
 def gemma4b_v5e() -> config_dict.ConfigDict:
     """Gemma-3-4B on v5e-16 (16 chips x 16 GiB). Its KV cache is large (34 layers x 4 KV
     heads x 256 dims: 136 KiB per token), so this recipe takes 16 prompts x 8 samples per
-    step, batch-sharded 8 ways; tensor=2 halves the sampler's weights (the 262k-word
+    step, prompts up to 384 tokens and 768 new ones, batch-sharded 8 ways; tensor=2 halves the sampler's weights (the 262k-word
     embedding included)."""
     c = _common("hf:google/gemma-3-4b-it")
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 8, 2
     c.data.batch_prompts = 16
+    c.data.max_prompt_tokens = 384
+    c.rollout.max_new_tokens = 768
+    c.eval.max_new_tokens = 768
     c.learner.micro_batches = 4
     return c
 

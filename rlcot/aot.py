@@ -267,7 +267,7 @@ def compile_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: S
     learner.check_rows(sizes.rows, row_shards(mesh))
     reference = learner.objective.kl.placement != "none"
     plan = memory.plan(model_cfg, learner, sizes, mesh, reference=reference,
-                       shared_prefix=shared_prefix)
+                       shared_prefix=shared_prefix, platform=devices[0].platform)
     shards = row_shards(mesh, SAMPLE_RULES)
     P, T = bucket(sizes.prompt_len, 16), bucket(sizes.max_new_tokens, 16)
     prompts = -(-bucket(sizes.batch_prompts) // shards) * shards
@@ -294,6 +294,10 @@ def format_report(name: str, r: Mapping[str, Any], device: str) -> str:
                      f"{gib(m['output'])} (aliased {gib(m['alias'])}), temporaries "
                      f"{gib(m['temp'])}; peak {gib(m['peak'])}; planner {gib(est)} "
                      f"(x{est / max(m['peak'], 1):.2f})")
+    u, smp = r["update"], r["sampler"]
+    lines.append(f"compiled, on each device while training (one program's peak plus the other's "
+                 f"resident arguments): {gib(max(u['peak'] + smp['argument'], smp['peak'] + u['argument']))}; "
+                 f"planner {gib(p.peak)}")
     return "\n".join(lines)
 
 

@@ -119,6 +119,14 @@ class Sizes:
         return self.prompt_len + self.max_new_tokens
 
 
+def compute_itemsize(dtype: Any, platform: str = "tpu") -> int:
+    """Bytes per element of activations and caches in `dtype` on `platform`: XLA:CPU computes
+    bfloat16 and float16 in float32 (its buffers are float32-sized: measured, the update
+    step's temporaries in bfloat16 equal float32's), accelerators natively."""
+    size = jnp.dtype(dtype).itemsize
+    return max(size, 4) if platform == "cpu" else size
+
+
 def _is_var(x: Any) -> bool:
     return isinstance(x, nnx.Variable)
 
@@ -217,11 +225,11 @@ class MemoryPlan:
 
 def activation_bytes(cfg: ModelConfig, rows: int, length: int, *, remat: bool,
                      logprob_chunk: int, mesh: MeshShape, rules: Mapping[str, Any] = TRAIN_RULES,
-                     value_head: bool = False) -> int:
+                     value_head: bool = False, platform: str = "tpu") -> int:
     """Activation bytes per device of one micro-batch of `rows` rows (all devices) x `length`
     tokens through the policy's forward and backward pass (see the module docstring)."""
     unit = activation_units(cfg, rows, length, logprob_chunk=logprob_chunk, mesh=mesh,
-                            rules=rules)
+                            rules=rules, platform=platform)
     if value_head:
         unit["logits"] = 0
     saved, work = (REMAT_SAVED, REMAT_WORK) if remat else (SAVED, WORK)
@@ -230,7 +238,8 @@ def activation_bytes(cfg: ModelConfig, rows: int, length: int, *, remat: bool,
 
 
 def activation_units(cfg: ModelConfig, rows: int, length: int, *, logprob_chunk: int,
-                     mesh: Any = None, rules: Mapping[str, Any] = TRAIN_RULES) -> dict[str, int]:
+                     mesh: Any = None, rules: Mapping[str, Any] = TRAIN_RULES,
+                     platform: str = "tpu") -> dict[str, int]:
     """The unit tensors' bytes of `activation_bytes` (what bench/memory_fit.py fits against).
 
     `mlp` rows are divided by the data axis only: with FSDP the compiled step contracts the
@@ -240,13 +249,15 @@ def activation_units(cfg: ModelConfig, rows: int, length: int, *, logprob_chunk:
     post-MLP norms) and `local` (sliding-window layers' own mask and RoPE tables) are 0 for
     models without them."""
     m = MeshShape.of(mesh)
-    b = max(1, rows // _shards(("batch",), (rows,), rules, m))
+    full = m.size * 1024  # a row count every batch axis divides: the mesh's batch shards
+    b = max(1, -(-rows // _shards(("batch",), (full,), rules, m)))
     no_fsdp = {k: v for k, v in rules.items()}
     no_fsdp["batch"] = tuple(a for a in ((rules["batch"],) if isinstance(rules["batch"], str)
                                          else rules["batch"] or ()) if a != "fsdp")
     embed_sharded = _shards(("embed",), (cfg.d_model,), rules, m) > 1
-    b_mlp = (max(1, rows // _shards(("batch",), (rows,), no_fsdp, m)) if embed_sharded else b)
-    act = jnp.dtype(cfg.dtype).itemsize
+    b_mlp = (max(1, -(-rows // _shards(("batch",), (full,), no_fsdp, m))) if embed_sharded
+             else b)
+    act = compute_itemsize(cfg.dtype, platform)
     n = _axis_shard(cfg.n_heads, "heads", rules, m)
     k = _axis_shard(cfg.n_kv_heads, "kv_heads", rules, m)
     f = _axis_shard(cfg.mlp_dim, "mlp", rules, m)
@@ -294,7 +305,7 @@ def _opt_bytes(opt: Any, like: Any, mesh: MeshShape, rules: Mapping[str, Any]) -
 def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None, *,
          reference: bool | None = None, cache_dtype: str | None = None,
          shared_prefix: bool = False, budget_bytes: int | None = None,
-         budget_source: str = "configured budget",
+         budget_source: str = "configured budget", platform: str = "tpu",
          train_rules: Mapping[str, Any] = TRAIN_RULES,
          sample_rules: Mapping[str, Any] = SAMPLE_RULES) -> MemoryPlan:
     """Bytes per device of every component of an RL run (see the module docstring).
@@ -302,7 +313,8 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
     reference: keep a KL reference copy (default: when the objective has a KL term and the
     learner is not LoRA, as the loop does). cache_dtype: the KV cache's dtype (default the
     model's compute dtype). shared_prefix: the rollout keeps one prompt block per prompt
-    instead of one per sample."""
+    instead of one per sample. platform: where it runs ('tpu', 'gpu' or 'cpu', see
+    `compute_itemsize`)."""
     m = MeshShape.of(mesh)
     lora_on = learner.lora.enabled
     if reference is None:
@@ -342,18 +354,19 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
     micro_rows = N // learner.minibatches // learner.micro_batches
     c["activations"] = activation_bytes(cfg, micro_rows, L, remat=learner.remat,
                                         logprob_chunk=learner.logprob_chunk, mesh=m,
-                                        rules=train_rules)
+                                        rules=train_rules, platform=platform)
     if critic is not None:
         c["activations"] += activation_bytes(cfg, micro_rows, L, remat=learner.remat,
                                              logprob_chunk=learner.logprob_chunk, mesh=m,
-                                             rules=train_rules, value_head=True)
+                                             rules=train_rules, value_head=True,
+                                             platform=platform)
     notes["activations"] = (f"({micro_rows} rows x {L} tokens per micro-batch, "
                             f"remat {'on' if learner.remat else 'off'})")
 
     # ---- The rollout's transients ----
     c["kv_cache"], c["sampling_work"] = rollout_bytes(cfg, sizes, m, cache_dtype=cache_dtype,
                                                       shared_prefix=shared_prefix,
-                                                      rules=sample_rules)
+                                                      rules=sample_rules, platform=platform)
     notes["kv_cache"] = (f"({sizes.batch_prompts} prompts x {sizes.num_samples} samples, "
                          f"{'one shared prompt block' if shared_prefix else 'prompt copied per sample'})")
     return MemoryPlan(
@@ -367,7 +380,8 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
 
 def rollout_bytes(cfg: ModelConfig, sizes: Sizes, mesh: Any = None, *,
                   cache_dtype: str | None = None, shared_prefix: bool = False,
-                  rules: Mapping[str, Any] = SAMPLE_RULES) -> tuple[int, int]:
+                  rules: Mapping[str, Any] = SAMPLE_RULES, platform: str = "tpu"
+                  ) -> tuple[int, int]:
     """(KV cache, sampling workspace) bytes per device of one rollout call.
 
     shared_prefix=False: the prompts are prefilled into a [B, P] cache, then every row gets a
@@ -379,10 +393,16 @@ def rollout_bytes(cfg: ModelConfig, sizes: Sizes, mesh: Any = None, *,
     by KV heads (with tensor=2 its temporaries were larger than on one device, measured on
     XLA:CPU with jax 0.10.2), so tensor parallelism shards the sampler's weights, not its
     cache."""
+    from rlcot.sampling.spec import bucket
     m = MeshShape.of(mesh)
-    B, G, P, T = sizes.batch_prompts, sizes.num_samples, sizes.prompt_len, sizes.max_new_tokens
+    G = sizes.num_samples
+    # As the sampler sizes a call: prompts padded to a bucket and to the batch shards, prompt
+    # and completion lengths to their buckets (rlcot.sampling.Sampler.plan).
+    shards = _shards(("batch",), (m.size * 1024,), rules, m)
+    B = -(-bucket(sizes.batch_prompts) // shards) * shards
+    P, T = bucket(sizes.prompt_len, 16), bucket(sizes.max_new_tokens, 16)
     N = B * G
-    dt = jnp.dtype(cache_dtype or cfg.dtype).itemsize
+    dt = compute_itemsize(cache_dtype or cfg.dtype, platform)
     k = cfg.n_kv_heads
     per_slot = 2 * cfg.n_layers * k * cfg.head_dim * dt + 4  # keys, values, position
     shards_b = _shards(("batch",), (B,), rules, m)
@@ -392,7 +412,7 @@ def rollout_bytes(cfg: ModelConfig, sizes: Sizes, mesh: Any = None, *,
         cache = prefix + N * T * per_slot // shards_n
     else:
         cache = prefix + N * (P + T) * per_slot // shards_n
-    act = jnp.dtype(cfg.dtype).itemsize
+    act = compute_itemsize(cfg.dtype, platform)
     n = _axis_shard(cfg.n_heads, "heads", rules, m)
     f = _axis_shard(cfg.mlp_dim, "mlp", rules, m)
     v = _axis_shard(cfg.vocab_size, "vocab", rules, m)
@@ -447,8 +467,9 @@ def knobs(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any, budg
             out.append(f"{label}: peak {p.peak / _GiB:.2f} GiB ({mark})")
 
     rows = sizes.rows
+    row_shards = _shards(("batch",), (m.size * 1024,), TRAIN_RULES, m)
     for k in (2, 4, 8, 16, 32):
-        if rows % (learner.minibatches * learner.micro_batches * k) == 0:
+        if rows % (learner.minibatches * learner.micro_batches * k * row_shards) == 0:
             trial(f"learner.micro_batches={learner.micro_batches * k}",
                   learner=dataclasses.replace(learner, micro_batches=learner.micro_batches * k))
             break
@@ -475,9 +496,9 @@ def knobs(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any, budg
         trial("a bfloat16 KV cache (cache_dtype='bfloat16')", cache_dtype="bfloat16")
     if not plan_kw.get("shared_prefix"):
         trial("one shared prompt block per prompt (shared_prefix=True)", shared_prefix=True)
-    if cfg.param_dtype == "float32":
-        trial("model.param_dtype='bfloat16', model.dtype='bfloat16'",
-              cfg=cfg.replace(param_dtype="bfloat16", dtype="bfloat16"))
+    if cfg.dtype == "float32":
+        trial("model.dtype='bfloat16' (bfloat16 compute, float32 weights)",
+              cfg=cfg.replace(dtype="bfloat16"))
     if not learner.lora.enabled:
         from rlcot.models.lora import LoraConfig
         trial("learner.lora.enabled=True (rank 16 adapters)",

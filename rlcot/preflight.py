@@ -123,7 +123,7 @@ def check_memory(st: Any, earlier: Mapping[str, Any], resolver: Any,
     mesh = cfg.mesh.make(devices)
     budget, source = memory.device_budget(list(mesh.devices.flat))
     p = memory.check(model_cfg, learner, sizes, mesh, budget_bytes=budget,
-                     budget_source=source)
+                     budget_source=source, platform=mesh.devices.flat[0].platform)
     log.info("stage %s: %s%s", st.name, p.table(), f"\n  ({note})" if note else "")
     return p
 
