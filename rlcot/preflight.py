@@ -175,3 +175,19 @@ def _check_stage(st: Any, earlier: Mapping[str, Any], resolver: Any) -> None:
                     f"reward term {label!r} ({reward}) reads the field {want} of each example, "
                     f"which data.dataset {data.dataset!r} does not have (its fields: "
                     f"{list(fields)}); use a reward for this dataset, or a dataset with it")
+
+
+def check_run_memory(rc: Any, model_cfg: Any, mesh: Any, prompt_len: int) -> Any:
+    """The RL loop's own memory check, once the model is loaded (its exact architecture, e.g.
+    a GGUF or hub model the study's preflight could not size) and the prompts are known (the
+    longest kept one): logs the planner's table; raises ValueError when the run cannot fit
+    the device budget, with the knobs that would make it fit."""
+    from rlcot import memory
+    from rlcot.rollout import align_learner
+    learner = align_learner(rc).learner
+    sizes = memory.sizes_from_run(rc, max(1, int(prompt_len)))
+    budget, source = memory.device_budget(list(mesh.devices.flat))
+    p = memory.check(model_cfg, learner, sizes, mesh, budget_bytes=budget,
+                     budget_source=source, platform=mesh.devices.flat[0].platform)
+    log.info("%s", p.table())
+    return p

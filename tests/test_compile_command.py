@@ -68,6 +68,20 @@ def test_a_stage_that_does_not_fit_fails_before_any_stage_runs(tmp_path, monkeyp
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no stage started
 
 
+def test_the_loop_checks_its_loaded_model_and_longest_prompt(monkeypatch):
+    from rlcot import preflight, run_config
+    from rlcot.models.presets import get_config
+    rc = run_config.resolve(_recipe("tiny"))
+    mesh = rc.mesh.make()
+    short = preflight.check_run_memory(rc, get_config("tiny"), mesh, 16)
+    long = preflight.check_run_memory(rc, get_config("tiny"), mesh, 200)
+    assert long.components["kv_cache"] > short.components["kv_cache"]
+    monkeypatch.setenv(memory.BUDGET_ENV, str(short.peak / 2**30))
+    preflight.check_run_memory(rc, get_config("tiny"), mesh, 16)
+    with pytest.raises(memory.DoesNotFitError, match="settings that lower the peak"):
+        preflight.check_run_memory(rc, get_config("tiny"), mesh, 200)
+
+
 TPU_PYTHON = os.environ.get("RLCOT_TPU_PYTHON")
 
 
