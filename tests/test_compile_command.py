@@ -24,6 +24,13 @@ def _recipe(variant: str):
     return module.get_config(variant)
 
 
+@pytest.mark.parametrize("variant", ["qwen2.5_7b_v5p", "gemma3_4b_v5e", "qwen2.5_1.5b_gpu",
+                                     "tiny"])
+def test_every_recipe_resolves(variant):
+    p = study.plan(_recipe(variant))
+    assert [s.kind for s in p.stages] == ["rl"]
+
+
 def test_compile_command_on_the_local_cpu_devices():
     lines = []
     reports = aot.compile_study(_recipe("tiny"), out=lines.append)
