@@ -248,10 +248,13 @@ __all__ = ["TOPOLOGIES", "topology_devices", "make_mesh", "UpdateShapes", "Sampl
 # ---- The `compile` command: every RL stage of a study, for the local devices or a topology ----
 
 def compile_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: Sequence[Any],
-                  *, shared_prefix: bool = False) -> dict[str, Any]:
+                  *, shared_prefix: bool = False,
+                  compiler_options: dict | None = None) -> dict[str, Any]:
     """Lowers and compiles one RL stage's update step and sampling loop for `devices` (their
     mesh from the stage's mesh section), with the planner's estimate beside XLA's memory
-    analysis. Returns {'plan', 'update', 'sampler', 'note', 'model'}."""
+    analysis. Returns {'plan', 'update', 'sampler', 'note', 'model'}. compiler_options: e.g.
+    {"xla_backend_optimization_level": 0} on CPU compiles about 2x faster with the same
+    memory analysis (tests)."""
     from rlcot import memory, preflight
     from rlcot.sampling.spec import bucket
     cfg = st.cfg
@@ -273,9 +276,10 @@ def compile_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: S
     prompts = -(-bucket(sizes.batch_prompts) // shards) * shards
     update = memory_per_device(lower_update(
         model_cfg, learner, UpdateShapes(sizes.rows, P + sizes.max_new_tokens),
-        reference=reference, mesh=mesh).compile())
+        reference=reference, mesh=mesh).compile(compiler_options))
     sampler = memory_per_device(lower_sampler(
-        model_cfg, SampleShapes(prompts, sizes.num_samples, P, T), mesh=mesh).compile())
+        model_cfg, SampleShapes(prompts, sizes.num_samples, P, T), mesh=mesh).compile(
+            compiler_options))
     return {"plan": plan, "update": update, "sampler": sampler, "note": note,
             "model": model_cfg}
 
@@ -329,7 +333,7 @@ def plan_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: int,
 
 def compile_study(config: Any, *, topology: str | None = None, stage: str | None = None,
                   shared_prefix: bool = False, plan_devices: int | None = None,
-                  out: Any = print) -> dict[str, Any]:
+                  compiler_options: dict | None = None, out: Any = print) -> dict[str, Any]:
     """`python -m rlcot.main compile`: every RL stage of the study (or `stage`), compiled for
     the local devices or for the TPU slice `topology`; prints one report per stage.
     plan_devices: print only the planner's table for that many devices (nothing compiled)."""
@@ -360,7 +364,8 @@ def compile_study(config: Any, *, topology: str | None = None, stage: str | None
                     + (f"\n  ({note})" if note else ""))
             else:
                 reports[st.name] = compile_stage(st, earlier, resolver, devices,
-                                                 shared_prefix=shared_prefix)
+                                                 shared_prefix=shared_prefix,
+                                                 compiler_options=compiler_options)
                 out(format_report(st.name, reports[st.name], device))
         earlier[st.name] = st
     if not reports:

@@ -18,6 +18,9 @@ from rlcot.rl.value import ValueConfig
 
 TINY = get_config("tiny")
 GEMMA = get_config("tiny-gemma3")
+# XLA:CPU's backend optimisation level changes code generation, not buffer assignment: the
+# same memory analysis, about 2x faster compiles.
+FAST = {"xla_backend_optimization_level": 0}
 SIZES = memory.Sizes(batch_prompts=4, num_samples=4, prompt_len=32, max_new_tokens=96)
 
 
@@ -102,7 +105,7 @@ def test_update_step_estimate_is_within_20_percent_of_the_compiled_step(name):
     sizes = memory.Sizes(8, 4, 32, 96)
     plan = memory.plan(cfg, learner, sizes, shape, reference=False, platform="cpu")
     compiled = aot.lower_update(cfg, learner, aot.UpdateShapes(sizes.rows, sizes.length),
-                                reference=False, mesh=_mesh(shape)).compile()
+                                reference=False, mesh=_mesh(shape)).compile(FAST)
     measured = aot.memory_per_device(compiled)
     ratio = plan.update_program / measured["peak"]
     assert 0.8 <= ratio <= 1.2, (name, ratio, measured, plan.components)
@@ -112,7 +115,8 @@ def test_update_step_estimate_is_within_20_percent_of_the_compiled_step(name):
 def test_sampling_loop_estimate_is_within_20_percent_of_the_compiled_loop(shape):
     sizes = memory.Sizes(8, 8, 64, 128)
     plan = memory.plan(TINY, UpdateConfig(), sizes, shape, platform="cpu")
-    compiled = aot.lower_sampler(TINY, aot.SampleShapes(8, 8, 64, 128), mesh=_mesh(shape)).compile()
+    compiled = aot.lower_sampler(TINY, aot.SampleShapes(8, 8, 64, 128),
+                                 mesh=_mesh(shape)).compile(FAST)
     measured = aot.memory_per_device(compiled)
     ratio = plan.sampling_program / measured["peak"]
     assert 0.8 <= ratio <= 1.2, (shape, ratio, measured, plan.components)
