@@ -302,6 +302,15 @@ def _opt_bytes(opt: Any, like: Any, mesh: MeshShape, rules: Mapping[str, Any]) -
     return int(per_copy * (moments // max(n_params, 1)) * scale) + scalars
 
 
+def _f32_bytes(tree: Any, mesh: MeshShape, rules: Mapping[str, Any]) -> int:
+    """Bytes per device of a float32 copy of a state (gradients are accumulated in float32)."""
+    def f32(v):
+        value = v.get_value() if _is_var(v) else v
+        sds = jax.ShapeDtypeStruct(value.shape, jnp.float32)
+        return v.replace(sds) if _is_var(v) else sds
+    return tree_bytes(jax.tree.map(f32, tree, is_leaf=_is_var), mesh, rules)
+
+
 def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None, *,
          reference: bool | None = None, cache_dtype: str | None = None,
          shared_prefix: bool = False, budget_bytes: int | None = None,
@@ -337,18 +346,13 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
     # ---- The update step's transients ----
     N, L = sizes.rows, sizes.length
     row_shards = _shards(("batch",), (N,), train_rules, m)
-    per_row_arrays = 4 * 4 + 2  # tokens, positions (int32), mask, adv, logp_old (f32), valid
-    per_row_arrays += 4 * sum(x for x in (reference or lora_on and learner.objective.kl.enabled,
-                                          learner.objective.tis_cap is not None) if x)
-    per_row_arrays += 8 if critic is not None else 0
+    per_row_arrays = 5 * 4 + 1  # tokens, positions (int32), mask, adv, logp_old (f32), valid
+    per_row_arrays += 4 * ((learner.objective.kl.placement != "none")  # logp_ref
+                           + (learner.objective.tis_cap is not None))  # logp_sampler
+    per_row_arrays += 8 if critic is not None else 0  # values_old, returns
     c["batch"] = N * L * per_row_arrays // row_shards
-    trained_f32 = sum(math.prod((x.get_value() if _is_var(x) else x).shape) * 4
-                      // _shards(getattr(x, "axes", None), (x.get_value() if _is_var(x)
-                                                            else x).shape, train_rules, m)
-                      for x in jax.tree.leaves(trained, is_leaf=_is_var))
-    critic_f32 = 0 if critic is None else tree_bytes(
-        jax.tree.map(lambda v: v.replace(jax.ShapeDtypeStruct(v.get_value().shape, jnp.float32)),
-                     critic, is_leaf=_is_var), m, train_rules)
+    trained_f32 = _f32_bytes(trained, m, train_rules)
+    critic_f32 = 0 if critic is None else _f32_bytes(critic, m, train_rules)
     # The float32 accumulator and (partly overlapping) one micro-batch's gradient.
     c["grads"] = int((REMAT_GRADS if learner.remat else GRADS) * (trained_f32 + critic_f32))
     micro_rows = N // learner.minibatches // learner.micro_batches
