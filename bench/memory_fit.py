@@ -11,8 +11,6 @@ paste into rlcot/memory.py and each point's ratio.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy.optimize import nnls
 

@@ -101,8 +101,8 @@ def qwen7b_v5p() -> config_dict.ConfigDict:
 def gemma4b_v5e() -> config_dict.ConfigDict:
     """Gemma-3-4B on v5e-16 (16 chips x 16 GiB). Its KV cache is large (34 layers x 4 KV
     heads x 256 dims: 136 KiB per token), so this recipe takes 16 prompts x 8 samples per
-    step, prompts up to 384 tokens and 768 new ones, batch-sharded 8 ways; tensor=2 halves the sampler's weights (the 262k-word
-    embedding included)."""
+    step, prompts up to 384 tokens and 768 new ones, batch-sharded 8 ways; tensor=2 halves
+    the sampler's weights (the 262k-word embedding included)."""
     c = _common("hf:google/gemma-3-4b-it")
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 8, 2
     c.data.batch_prompts = 16

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlcot.models.config import ModelConfig
 from rlcot.rl.state import UpdateConfig
-from rlcot.sharding import MESH_AXES, SAMPLE_RULES, TRAIN_RULES, logical_to_spec
+from rlcot.sharding import MESH_AXES, SAMPLE_RULES, TRAIN_RULES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def topology_devices(name: str) -> list[Any]:
         raise ValueError(f"unknown TPU topology {name!r}: use one of {sorted(TOPOLOGIES)} or a "
                          f"libtpu name such as 'v5e:4x4' or 'v5p:2x2x2'")
     try:
-        import libtpu  # noqa: F401
+        import libtpu  # noqa: F401  (jax's TPU topologies come from it)
     except ImportError as e:
         raise RuntimeError(f"--topology {name} needs libtpu (pip install 'jax[tpu]' into a "
                            f"separate environment; see notes on ahead-of-time compilation)") from e
@@ -240,10 +240,6 @@ def mesh_shape(mesh: Mesh | None) -> dict[str, int]:
     return {a: int(mesh.shape[a]) for a in MESH_AXES}
 
 
-__all__ = ["TOPOLOGIES", "topology_devices", "make_mesh", "UpdateShapes", "SampleShapes",
-           "abstract_update_inputs", "lower_update", "lower_sampler", "memory_per_device",
-           "mesh_shape", "logical_to_spec"]
-
 
 # ---- The `compile` command: every RL stage of a study, for the local devices or a topology ----
 
@@ -299,9 +295,9 @@ def format_report(name: str, r: Mapping[str, Any], device: str) -> str:
                      f"{gib(m['temp'])}; peak {gib(m['peak'])}; planner {gib(est)} "
                      f"(x{est / max(m['peak'], 1):.2f})")
     u, smp = r["update"], r["sampler"]
+    both = max(u["peak"] + smp["argument"], smp["peak"] + u["argument"])
     lines.append(f"compiled, on each device while training (one program's peak plus the other's "
-                 f"resident arguments): {gib(max(u['peak'] + smp['argument'], smp['peak'] + u['argument']))}; "
-                 f"planner {gib(p.peak)}")
+                 f"resident arguments): {gib(both)}; planner {gib(p.peak)}")
     return "\n".join(lines)
 
 

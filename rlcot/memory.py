@@ -371,8 +371,8 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
     c["kv_cache"], c["sampling_work"] = rollout_bytes(cfg, sizes, m, cache_dtype=cache_dtype,
                                                       shared_prefix=shared_prefix,
                                                       rules=sample_rules, platform=platform)
-    notes["kv_cache"] = (f"({sizes.batch_prompts} prompts x {sizes.num_samples} samples, "
-                         f"{'one shared prompt block' if shared_prefix else 'prompt copied per sample'})")
+    layout = "one shared prompt block" if shared_prefix else "prompt copied per sample"
+    notes["kv_cache"] = f"({sizes.batch_prompts} prompts x {sizes.num_samples} samples, {layout})"
     return MemoryPlan(
         c, update_components=("batch", "grads", "activations"),
         sampling_components=("kv_cache", "sampling_work"),

@@ -69,8 +69,8 @@ def test_a_stage_that_does_not_fit_fails_before_any_stage_runs(tmp_path, monkeyp
                                                                 isolated_toy_cache):
     from tests.loop.test_loop import tiny_config
     monkeypatch.setenv(memory.BUDGET_ENV, "0.001")
-    with pytest.raises(ValueError, match=r"(?s)stage 'rl' \(rl\): this run needs .* GiB per device, "
-                                         r"more than the budget of 0.00 GiB .*activations.*"
+    with pytest.raises(ValueError, match=r"(?s)stage 'rl' \(rl\): this run needs .* GiB per "
+                                         r"device, more than the budget of 0.00 GiB .*activations.*"
                                          r"settings that lower the peak"):
         study.run(tiny_config(1), tmp_path)
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no stage started
