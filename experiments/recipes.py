@@ -30,10 +30,16 @@ compute and KV cache, remat, every sample's copy of its prompt in the cache):
 | Gemma-3-4B, v5e-16 (16 GiB) | 16 | 2.71 GiB | 7.23 GiB | 2.49 GiB | 2.54 GiB | 12.5 GiB |
 | Qwen2.5-1.5B, 1 GPU (80 GiB) | 1 | 17.3 GiB | 5.75 GiB | 23.7 GiB | 25.4 GiB | 48.4 GiB |
 
-Gemma-3-4B compiled for v5e-16 with libtpu 0.0.42.1 on a 2-core CPU machine (`--topology
-v5e-16`, about 9 min): update step 7.74 GiB per chip, sampling loop 12.29 GiB, 15.0 GiB with
-the resident train state: it fits a 16 GiB chip, narrowly; the planner's 12.5 GiB is low on TPU
-(it is fitted to XLA:CPU, within 20% there: tests/test_memory.py; see the README notes).
+Compiled ahead of time with libtpu 0.0.42.1 on a 2-core CPU machine without TPUs (`--topology`,
+about 8 min each), per chip:
+
+| recipe | update step | sampling loop | both (one's peak + the other's arguments) | planner |
+|---|---:|---:|---:|---:|
+| Qwen2.5-7B, v5p-64 | 11.35 GiB | 11.85 GiB | 18.4 GiB | 16.6 GiB |
+| Gemma-3-4B, v5e-16 | 7.74 GiB | 12.29 GiB | 15.0 GiB | 12.5 GiB |
+
+Gemma-3-4B fits a 16 GiB v5e chip, narrowly. On TPU the planner (fitted to XLA:CPU, within 20%
+there: tests/test_memory.py) reads low: 0.90x and 0.83x of the compiled totals here.
 """
 
 from __future__ import annotations
