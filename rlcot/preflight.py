@@ -95,17 +95,17 @@ def model_config(source: str, overrides: Mapping[str, Any], stages: Mapping[str,
 
 
 def rl_memory_inputs(cfg: Any, model_cfg: Any) -> tuple[Any, Any, str]:
-    """(learner, memory.Sizes, note) of a resolved RL stage config, its learner aligned with
-    its rollout as the loop does (rlcot.rollout.align_learner)."""
+    """(learner, memory.Sizes, note) of a resolved RL stage config. The learner is taken as
+    configured: what rlcot.rollout.align_learner may change (the Dr.GRPO normaliser, truncated
+    importance sampling's sampler log-probs) hardly moves memory, and aligning here would spend
+    its once-only warning before the stage runs."""
     from rlcot import memory
-    from rlcot.rollout import align_learner
-    rc = align_learner(cfg)
     prompt = cfg.data.max_prompt_tokens
     note = "" if prompt else (f"prompt length assumed {ASSUMED_PROMPT_TOKENS} "
                               f"(data.max_prompt_tokens unset)")
     prompt = min(prompt or ASSUMED_PROMPT_TOKENS,
                  max(1, model_cfg.max_position - cfg.rollout.max_new_tokens))
-    return rc.learner, memory.sizes_from_run(cfg, prompt), note
+    return cfg.learner, memory.sizes_from_run(cfg, prompt), note
 
 
 def check_memory(st: Any, earlier: Mapping[str, Any], resolver: Any,
@@ -181,10 +181,10 @@ def check_run_memory(rc: Any, model_cfg: Any, mesh: Any, prompt_len: int) -> Any
     """The RL loop's own memory check, once the model is loaded (its exact architecture, e.g.
     a GGUF or hub model the study's preflight could not size) and the prompts are known (the
     longest kept one): logs the planner's table; raises ValueError when the run cannot fit
-    the device budget, with the knobs that would make it fit."""
+    the device budget, with the knobs that would make it fit. rc: the loop's run config
+    (after rlcot.rollout.align_learner)."""
     from rlcot import memory
-    from rlcot.rollout import align_learner
-    learner = align_learner(rc).learner
+    learner = rc.learner
     sizes = memory.sizes_from_run(rc, max(1, int(prompt_len)))
     budget, source = memory.device_budget(list(mesh.devices.flat))
     p = memory.check(model_cfg, learner, sizes, mesh, budget_bytes=budget,
