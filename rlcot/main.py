@@ -1,4 +1,4 @@
-"""Command line: `python -m rlcot.main {run,eval} --config experiments/NAME.py[:VARIANT] --workdir DIR`.
+"""Command line: `python -m rlcot.main {run,eval,compile} --config experiments/NAME.py[:VARIANT] --workdir DIR`.
 
     run    the study's stages in order into DIR (finished stages skipped, the interrupted one
            resumed; --stage NAME runs only that stage)
@@ -10,6 +10,10 @@
            unfinished ones resumed; --parallel N at once; --dry_run prints the commands)
     table  --root's table.md and table.csv: mean +- s.e. over seeds per arm and metric
     plot   --root's curves.png (seed bands per arm) and bars.png (the table's main metric)
+    compile  every RL stage's update step and sampling loop, compiled ahead of time (nothing
+           allocated, no --workdir): the memory planner's table beside XLA's memory analysis
+           per device, for the local devices or, with --topology v5e-16 / v5p-64 / ..., for a
+           TPU slice without any TPU (needs libtpu: pip install 'jax[tpu]')
 
 Any config field can be overridden with --config.KEY=VALUE (e.g. --config.train.steps=20);
 unknown keys fail before anything is computed. `run` stops on SIGTERM / SIGINT at the next
@@ -38,8 +42,14 @@ _ROOT = flags.DEFINE_string("root", None, "sweep/table/plot: the sweep's directo
                             "directory per point, plus logs/, table.md, table.csv, *.png).")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: points run at once (cores split).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print one command per point, run none.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "compile: a TPU slice (v5e-16, v5p-64, "
+                                "or libtpu's v5e:4x4) to compile for instead of local devices.")
+_PLAN_DEVICES = flags.DEFINE_integer("plan_devices", None, "compile: print only the memory "
+                                     "planner's table for this many devices (compiles nothing).")
+_SHARED_PREFIX = flags.DEFINE_bool("shared_prefix", False, "compile: plan the KV cache with one "
+                                   "prompt block per prompt (shared by its G samples).")
 
-COMMANDS = ("run", "eval", "export")
+COMMANDS = ("run", "eval", "export", "compile")
 SWEEP_COMMANDS = ("sweep", "table", "plot")
 
 
@@ -92,6 +102,14 @@ def main(argv: list[str]) -> None:
         _quiet_logging()
         from rlcot.export import export
         export(_WORKDIR.value, _OUT.value, stage=_STAGE.value, dtype=_DTYPE.value)
+        return
+    if command == "compile":
+        if _CONFIG.value is None:
+            raise app.UsageError("compile: --config is required")
+        _quiet_logging()
+        from rlcot.aot import compile_study
+        compile_study(_CONFIG.value, topology=_TOPOLOGY.value, stage=_STAGE.value,
+                      shared_prefix=_SHARED_PREFIX.value, plan_devices=_PLAN_DEVICES.value)
         return
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")

@@ -74,7 +74,9 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float, offset: float) -> jax.A
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     if offset:  # Gemma: (x * (1 + w)) in float32, then cast
         return (normed * (offset + scale.astype(jnp.float32))).astype(x.dtype)
-    return scale * normed.astype(x.dtype)  # Llama: cast, then scale
+    # Llama: cast, then scale; the product stays in the compute dtype (float32 weights would
+    # otherwise promote bfloat16 activations, and the layer scan needs its carry's dtype).
+    return (scale * normed.astype(x.dtype)).astype(x.dtype)
 
 
 class Blocks(nnx.Module):
