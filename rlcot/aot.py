@@ -183,8 +183,11 @@ class SampleShapes:
 
 def lower_sampler(model_cfg: ModelConfig, shapes: SampleShapes, *, mesh: Mesh | None = None,
                   cache_dtype: str | None = None, rules: Mapping[str, Any] | None = None,
-                  compiler_options: dict | None = None) -> Any:
-    """The compiled sampling loop (rlcot.sampling.loop.run), lowered for abstract inputs."""
+                  shared_prefix: bool | None = None, compiler_options: dict | None = None
+                  ) -> Any:
+    """The compiled sampling loop (rlcot.sampling.loop.run), lowered for abstract inputs.
+    shared_prefix: the KV layout (None: as the sampler decides, shared when G > 1)."""
+    from rlcot.memory import shares_prefix
     from rlcot.models.transformer import abstract_model
     from rlcot.sampling import decode, loop
     from rlcot.sampling.spec import SamplingSpec
@@ -193,8 +196,10 @@ def lower_sampler(model_cfg: ModelConfig, shapes: SampleShapes, *, mesh: Mesh | 
     sp = jax.eval_shape(lambda p: decode.to_sampling_params(model_cfg, p), params)
     spec = SamplingSpec(max_new_tokens=shapes.gen_len, cache_dtype=cache_dtype).compiled(
         shapes.gen_len)
-    static = loop.LoopStatic(model_cfg, spec, shapes.num_samples, 0, mesh,
-                             tuple(sorted(rules.items())))
+    static = loop.LoopStatic(
+        model_cfg, spec, shapes.num_samples, pad_id=0,
+        shared_prefix=shares_prefix(shapes.num_samples, shared_prefix), mesh=mesh,
+        rules=tuple(sorted(rules.items())))
     B, P = shapes.prompts, shapes.prompt_len
     args = [sp, jax.ShapeDtypeStruct((B, P), jnp.int32), jax.ShapeDtypeStruct((B,), jnp.int32),
             jax.ShapeDtypeStruct((2,), jnp.uint32),
@@ -244,7 +249,7 @@ def mesh_shape(mesh: Mesh | None) -> dict[str, int]:
 # ---- The `compile` command: every RL stage of a study, for the local devices or a topology ----
 
 def compile_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: Sequence[Any],
-                  *, shared_prefix: bool = False,
+                  *, shared_prefix: bool | None = None,
                   compiler_options: dict | None = None) -> dict[str, Any]:
     """Lowers and compiles one RL stage's update step and sampling loop for `devices` (their
     mesh from the stage's mesh section), with the planner's estimate beside XLA's memory
@@ -265,8 +270,9 @@ def compile_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: S
     from rlcot.rl.logprobs import row_shards
     learner.check_rows(sizes.rows, row_shards(mesh))
     reference = learner.objective.kl.placement != "none"
+    kv = _kv_options(cfg.rollout, shared_prefix)
     plan = memory.plan(model_cfg, learner, sizes, mesh, reference=reference,
-                       shared_prefix=shared_prefix, platform=devices[0].platform)
+                       platform=devices[0].platform, **kv)
     shards = row_shards(mesh, SAMPLE_RULES)
     P, T = bucket(sizes.prompt_len, 16), bucket(sizes.max_new_tokens, 16)
     prompts = -(-bucket(sizes.batch_prompts) // shards) * shards
@@ -274,8 +280,8 @@ def compile_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: S
         model_cfg, learner, UpdateShapes(sizes.rows, P + sizes.max_new_tokens),
         reference=reference, mesh=mesh).compile(compiler_options))
     sampler = memory_per_device(lower_sampler(
-        model_cfg, SampleShapes(prompts, sizes.num_samples, P, T), mesh=mesh).compile(
-            compiler_options))
+        model_cfg, SampleShapes(prompts, sizes.num_samples, P, T), mesh=mesh,
+        **kv).compile(compiler_options))
     return {"plan": plan, "update": update, "sampler": sampler, "note": note,
             "model": model_cfg}
 
@@ -301,8 +307,18 @@ def format_report(name: str, r: Mapping[str, Any], device: str) -> str:
     return "\n".join(lines)
 
 
+def _kv_options(rollout: Any, shared_prefix: bool | None) -> dict[str, Any]:
+    """The stage's KV-cache options (rollout.shared_prefix, rollout.cache_dtype); a given
+    shared_prefix (the command's --shared_prefix) overrides the stage's."""
+    from rlcot import memory
+    kv = memory.rollout_options(rollout)
+    if shared_prefix is not None:
+        kv["shared_prefix"] = shared_prefix
+    return kv
+
+
 def plan_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: int, *,
-               shared_prefix: bool = False) -> tuple[Any, str]:
+               shared_prefix: bool | None = None) -> tuple[Any, str]:
     """The planner's estimate alone for a stage on `devices` devices (its mesh section with
     -1 resolved), compiling nothing: (MemoryPlan, note)."""
     from rlcot import memory, preflight
@@ -322,13 +338,13 @@ def plan_stage(st: Any, earlier: Mapping[str, Any], resolver: Any, devices: int,
                          f"devices")
     mesh = memory.MeshShape(*shape)
     budget, source = memory.device_budget([])  # $RLCOT_MEMORY_BUDGET_GIB, if set
-    return memory.plan(model_cfg, learner, sizes, mesh, shared_prefix=shared_prefix,
+    return memory.plan(model_cfg, learner, sizes, mesh, **_kv_options(cfg.rollout, shared_prefix),
                        reference=learner.objective.kl.placement != "none",
                        budget_bytes=budget, budget_source=source), note
 
 
 def compile_study(config: Any, *, topology: str | None = None, stage: str | None = None,
-                  shared_prefix: bool = False, plan_devices: int | None = None,
+                  shared_prefix: bool | None = None, plan_devices: int | None = None,
                   compiler_options: dict | None = None, out: Any = print) -> dict[str, Any]:
     """`python -m rlcot.main compile`: every RL stage of the study (or `stage`), compiled for
     the local devices or for the TPU slice `topology`; prints one report per stage.

@@ -46,8 +46,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "compile: a TPU slice (v5e-16,
                                 "or libtpu's v5e:4x4) to compile for instead of local devices.")
 _PLAN_DEVICES = flags.DEFINE_integer("plan_devices", None, "compile: print only the memory "
                                      "planner's table for this many devices (compiles nothing).")
-_SHARED_PREFIX = flags.DEFINE_bool("shared_prefix", False, "compile: plan the KV cache with one "
-                                   "prompt block per prompt (shared by its G samples).")
+_SHARED_PREFIX = flags.DEFINE_bool("shared_prefix", None, "compile: the KV cache layout, one "
+                                   "prompt block per prompt shared by its G samples (default: "
+                                   "as the stage's rollout.shared_prefix says).")
 
 COMMANDS = ("run", "eval", "export", "compile")
 SWEEP_COMMANDS = ("sweep", "table", "plot")

@@ -14,9 +14,9 @@ run (rlcot.sharding TRAIN_RULES for the train state, SAMPLE_RULES for the sample
     grads        the float32 gradient accumulator (and the critic's)
     activations  what the backward pass keeps (per micro-batch; `remat` keeps one hidden
                  state per layer instead) plus one layer's and one logits chunk's workspace
-    kv_cache     the rollout's cache: every sample's copy of its prompt plus its completion
-                 (`shared_prefix=False`, today's layout) or one prompt block per prompt plus
-                 per-sample completion blocks (`shared_prefix=True`)
+    kv_cache     the rollout's cache: one prompt block per prompt plus per-sample completion
+                 blocks (`shared_prefix=True`, the sampler's layout when G > 1) or every
+                 sample's copy of its prompt plus its completion (`shared_prefix=False`)
     sampling_work  prefill scores and MLP activations, decode logits, the output buffers
 
 Between steps the state and the sampler's weights stay; the update step's transients and the
@@ -313,7 +313,7 @@ def _f32_bytes(tree: Any, mesh: MeshShape, rules: Mapping[str, Any]) -> int:
 
 def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None, *,
          reference: bool | None = None, cache_dtype: str | None = None,
-         shared_prefix: bool = False, budget_bytes: int | None = None,
+         shared_prefix: bool | None = None, budget_bytes: int | None = None,
          budget_source: str = "configured budget", platform: str = "tpu",
          train_rules: Mapping[str, Any] = TRAIN_RULES,
          sample_rules: Mapping[str, Any] = SAMPLE_RULES) -> MemoryPlan:
@@ -322,7 +322,7 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
     reference: keep a KL reference copy (default: when the objective has a KL term and the
     learner is not LoRA, as the loop does). cache_dtype: the KV cache's dtype (default the
     model's compute dtype). shared_prefix: the rollout keeps one prompt block per prompt
-    instead of one per sample. platform: where it runs ('tpu', 'gpu' or 'cpu', see
+    instead of one per sample (default: as the sampler decides, shared when G > 1). platform: where it runs ('tpu', 'gpu' or 'cpu', see
     `compute_itemsize`)."""
     m = MeshShape.of(mesh)
     lora_on = learner.lora.enabled
@@ -371,7 +371,8 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
     c["kv_cache"], c["sampling_work"] = rollout_bytes(cfg, sizes, m, cache_dtype=cache_dtype,
                                                       shared_prefix=shared_prefix,
                                                       rules=sample_rules, platform=platform)
-    layout = "one shared prompt block" if shared_prefix else "prompt copied per sample"
+    layout = ("one shared prompt block" if shares_prefix(sizes.num_samples, shared_prefix)
+              else "prompt copied per sample")
     notes["kv_cache"] = f"({sizes.batch_prompts} prompts x {sizes.num_samples} samples, {layout})"
     return MemoryPlan(
         c, update_components=("batch", "grads", "activations"),
@@ -382,8 +383,18 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
         budget_source=budget_source if budget_bytes is not None else "no budget")
 
 
+def rollout_options(rollout: Any) -> dict[str, Any]:
+    """The plan's KV-cache options from an RL stage's rollout section."""
+    return {"shared_prefix": rollout.shared_prefix, "cache_dtype": rollout.cache_dtype}
+
+
+def shares_prefix(num_samples: int, shared_prefix: bool | None) -> bool:
+    """The sampler's KV layout for G samples per prompt (as rlcot.sampling.Sampler decides)."""
+    return num_samples > 1 if shared_prefix is None else bool(shared_prefix)
+
+
 def rollout_bytes(cfg: ModelConfig, sizes: Sizes, mesh: Any = None, *,
-                  cache_dtype: str | None = None, shared_prefix: bool = False,
+                  cache_dtype: str | None = None, shared_prefix: bool | None = None,
                   rules: Mapping[str, Any] = SAMPLE_RULES, platform: str = "tpu"
                   ) -> tuple[int, int]:
     """(KV cache, sampling workspace) bytes per device of one rollout call.
@@ -391,7 +402,8 @@ def rollout_bytes(cfg: ModelConfig, sizes: Sizes, mesh: Any = None, *,
     shared_prefix=False: the prompts are prefilled into a [B, P] cache, then every row gets a
     copy extended with T slots: [N, P + T] (plus the prefill cache while it is copied).
     shared_prefix=True: one [B, P] prompt block kept for all G samples and [N, T] suffix
-    blocks.
+    blocks. None: as the sampler decides (rlcot.sampling.Sampler.shares_prefix: shared
+    whenever G > 1).
 
     The cache is counted whole over the tensor axis: the compiled loop does not keep it split
     by KV heads (with tensor=2 its temporaries were larger than on one device, measured on
@@ -412,7 +424,7 @@ def rollout_bytes(cfg: ModelConfig, sizes: Sizes, mesh: Any = None, *,
     shards_b = _shards(("batch",), (B,), rules, m)
     shards_n = _shards(("batch",), (N,), rules, m)
     prefix = B * P * per_slot // shards_b
-    if shared_prefix:
+    if shares_prefix(G, shared_prefix):
         cache = prefix + N * T * per_slot // shards_n
     else:
         cache = prefix + N * (P + T) * per_slot // shards_n
@@ -497,9 +509,10 @@ def knobs(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any, budg
         trial(f"rollout.max_new_tokens={sizes.max_new_tokens // 2}",
               sizes=dataclasses.replace(sizes, max_new_tokens=sizes.max_new_tokens // 2))
     if jnp.dtype(plan_kw.get("cache_dtype") or cfg.dtype).itemsize > 2:
-        trial("a bfloat16 KV cache (cache_dtype='bfloat16')", cache_dtype="bfloat16")
-    if not plan_kw.get("shared_prefix"):
-        trial("one shared prompt block per prompt (shared_prefix=True)", shared_prefix=True)
+        trial("a bfloat16 KV cache (rollout.cache_dtype='bfloat16')", cache_dtype="bfloat16")
+    if not shares_prefix(sizes.num_samples, plan_kw.get("shared_prefix")):
+        trial("one shared prompt block per prompt (rollout.shared_prefix=True)",
+              shared_prefix=True)
     if cfg.dtype == "float32":
         trial("model.dtype='bfloat16' (bfloat16 compute, float32 weights)",
               cfg=cfg.replace(dtype="bfloat16"))

@@ -123,7 +123,8 @@ def check_memory(st: Any, earlier: Mapping[str, Any], resolver: Any,
     mesh = cfg.mesh.make(devices)
     budget, source = memory.device_budget(list(mesh.devices.flat))
     p = memory.check(model_cfg, learner, sizes, mesh, budget_bytes=budget,
-                     budget_source=source, platform=mesh.devices.flat[0].platform)
+                     budget_source=source, platform=mesh.devices.flat[0].platform,
+                     **memory.rollout_options(cfg.rollout))
     log.info("stage %s: %s%s", st.name, p.table(), f"\n  ({note})" if note else "")
     return p
 
@@ -188,6 +189,7 @@ def check_run_memory(rc: Any, model_cfg: Any, mesh: Any, prompt_len: int) -> Any
     sizes = memory.sizes_from_run(rc, max(1, int(prompt_len)))
     budget, source = memory.device_budget(list(mesh.devices.flat))
     p = memory.check(model_cfg, learner, sizes, mesh, budget_bytes=budget,
-                     budget_source=source, platform=mesh.devices.flat[0].platform)
+                     budget_source=source, platform=mesh.devices.flat[0].platform,
+                     **memory.rollout_options(rc.rollout))
     log.info("%s", p.table())
     return p

@@ -134,7 +134,9 @@ class RolloutSection:
     temperature != 1, top-k, top-p or min-p make the sampler's distribution differ from the
     policy the loss's ratio uses and no `learner.objective.tis_cap` corrects it: 'warn' (once,
     loudly), 'correct' (truncated importance sampling against the sampler's log-probs, cap 2)
-    or 'error' (see rlcot.rollout.align_learner)."""
+    or 'error' (see rlcot.rollout.align_learner). shared_prefix: the KV cache layout, one
+    prompt block per prompt that its G samples read (None: whenever G > 1) or a copy per
+    sample (False); cache_dtype: the KV cache's dtype (None: the model's compute dtype)."""
     num_samples: int = 8
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -147,8 +149,17 @@ class RolloutSection:
     max_rounds: int = 3
     recompute_old_logp: bool = True
     off_policy: str = "warn"
+    shared_prefix: bool | None = None
+    cache_dtype: str | None = None
 
     def __post_init__(self):
+        if self.shared_prefix not in (None, True, False):
+            raise ValueError(f"rollout.shared_prefix must be True, False or None, got "
+                             f"{self.shared_prefix!r}")
+        if self.cache_dtype is not None and self.cache_dtype not in ("float32", "bfloat16",
+                                                                     "float16"):
+            raise ValueError(f"rollout.cache_dtype must be 'float32', 'bfloat16', 'float16' or "
+                             f"None, got {self.cache_dtype!r}")
         if self.num_samples < 1 or self.max_rounds < 1:
             raise ValueError(f"num_samples and max_rounds must be >= 1, got "
                              f"{self.num_samples}, {self.max_rounds}")

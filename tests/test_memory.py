@@ -51,13 +51,13 @@ def test_parameters_shard_by_the_training_rules_and_the_sampler_by_its_own():
 def test_the_shared_prefix_layout_keeps_one_prompt_block_per_prompt():
     B, G, P, T = 4, 8, 64, 32
     sizes = memory.Sizes(B, G, P, T)
-    copied, _ = memory.rollout_bytes(TINY, sizes)
+    copied, _ = memory.rollout_bytes(TINY, sizes, shared_prefix=False)
     shared, _ = memory.rollout_bytes(TINY, sizes, shared_prefix=True)
     # Per token slot: keys and values of every layer (float32) and the slot's position.
     slot = 2 * TINY.n_layers * TINY.n_kv_heads * TINY.head_dim * 4 + 4
     assert copied == B * P * slot + B * G * (P + T) * slot  # prefill cache + G copies
     assert shared == B * P * slot + B * G * T * slot
-    half, _ = memory.rollout_bytes(TINY, sizes, cache_dtype="bfloat16")
+    half, _ = memory.rollout_bytes(TINY, sizes, cache_dtype="bfloat16", shared_prefix=False)
     assert half < copied and half > copied // 2  # positions stay int32
 
 
