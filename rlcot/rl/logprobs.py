@@ -195,15 +195,15 @@ def packed_pass(fn: Callable, params_like: Any, mesh: Mesh | None, rules: Any,
                                            rows, rows, NamedSharding(mesh, PartitionSpec())),
                          out_shardings=rows, compiler_options=compiler_options)
     shards = row_shards(mesh, rules)
-    floor = [None]   # the last plan's shape: later plans keep it while they fit (few compiles)
+    known: set = set()   # shapes compiled so far: later plans reuse them when they fit
 
     def call(params, tokens_NxL, positions_NxL, valid_NxL, need_NxL=None):
         valid = np.asarray(jax.device_get(valid_NxL)).astype(bool)
         need = needed_positions(valid, None if need_NxL is None
                                 else np.asarray(jax.device_get(need_NxL)))
         plan = plan_packing(valid[None], need[None], mode=packing, row_multiple=shards,
-                            width=pack_width, floor=floor[0])
-        floor[0] = plan.shape
+                            width=pack_width, known=known)
+        known.add(plan.shape)
         return jitted(params, tokens_NxL, positions_NxL, valid_NxL, plan.arrays())
     call.jitted = jitted
     return call

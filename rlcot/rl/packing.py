@@ -16,16 +16,17 @@ rows (a minibatch of the update, or the whole batch of a log-prob pass), a packe
     per-token outputs return in the padded layout and the loss, its aggregation weights and the
     metrics are computed there exactly as on the padded path.
 
-Modes: "pack" (first-fit decreasing into rows of C slots, C chosen from a few sizes to use the
-fewest slots), "trim" (one span per packed row, C the longest span), "none" (the padded
-layout; no plan). Shapes are bucketed (C and Q to multiples of 32, P to the batch shards), so
-the jitted passes compile for few distinct shapes. Results equal the padded computation up to
+Modes: "pack" (first-fit decreasing into rows of C slots, C chosen to use the fewest slots), "trim" (one span per packed row, C the longest span), "none" (the padded
+layout; no plan). Shapes are bucketed (C and Q to multiples of 32, P to 1, 2, 3, 4, 6, 8, 12,
+... times the batch shards) and a shape compiled before is reused while the rows fit it with
+at most 1.1x the slots of the best new one, so the jitted passes compile for few shapes. Results equal the padded computation up to
 float rounding: the same tokens see the same keys at the same positions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +34,6 @@ import numpy as np
 
 PACKING_MODES = ("none", "pack", "trim")
 BUCKET = 32                   # C and Q are multiples of this
-# Packed row sizes "pack" chooses from (and any multiple of the longest span's bucket).
-WIDTHS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -125,18 +124,19 @@ def _ffd(lengths: list[int], width: int) -> list[list[int]]:
 
 def plan_packing(valid_GxSxL: np.ndarray, need_GxSxL: np.ndarray, *, micro_batches: int = 1,
                  mode: str = "pack", row_multiple: int = 1,
-                 width: int | None = None,
-                 floor: tuple[int, int, int] | None = None) -> PackPlan:
+                 width: int | None = None, known: Sequence[tuple[int, int, int]] = (),
+                 reuse: float = 1.1) -> PackPlan:
     """The packing plan (see the module docstring) of G groups of S rows.
 
     need_GxSxL: positions whose log-prob (or value) is needed, e.g. the loss mask; positions
     where it is undefined (see `needed_positions`) are dropped. A row without a needed position
     is not packed. row_multiple: P is a multiple of it (the batch shards). width: the packed
-    row size for "pack" (None: chosen per plan, the fewest slots among `WIDTHS`); at least the
-    longest span. floor: (P, C, Q) of a plan made before (`PackPlan.shape`): while the spans
-    fit in C, C is kept and P, Q do not shrink, so a run compiles its passes for few shapes.
-    P is rounded up to 1, 2, 3, 4, 6, 8, 12, ... (then to row_multiple), C and Q to
-    multiples of 32."""
+    row size for "pack" (None: the multiple of 32 from the longest span to 2.5x it that needs
+    the fewest slots, the smallest of equals); at least the longest span. P is rounded up to
+    1, 2, 3, 4, 6, 8, 12, ... (then to row_multiple), C and Q to multiples of 32.
+    known: (P, C, Q) shapes of plans made before (`PackPlan.shape`, compiled already): the
+    smallest that holds these rows in at most `reuse` x the slots of the best new shape is
+    used instead, so a run compiles its passes for few shapes."""
     if mode not in ("pack", "trim"):
         raise ValueError(f"packing mode must be 'pack' or 'trim' for a plan, got {mode!r}")
     valid = np.asarray(valid_GxSxL).astype(bool)
@@ -168,31 +168,36 @@ def plan_packing(valid_GxSxL: np.ndarray, need_GxSxL: np.ndarray, *, micro_batch
     def rows_per_micro(bins: list[list[list[int]]]) -> int:
         return _round_up(_grid(max(-(-len(b) // K) for b in bins)), row_multiple)
 
-    floor_P, floor_C, floor_Q = floor if floor is not None else (1, 0, 0)
+    def queries(bins: list[list[list[int]]]) -> int:
+        """The most needed positions in one packed row."""
+        return max((sum(int(need[g, spans[g][i][0]].sum()) for i in b)
+                    for g in range(G) for b in bins[g]), default=1)
+
     if mode == "trim":
-        C = max(_round_up(longest, BUCKET), floor_C)
+        C = _round_up(longest, BUCKET)
     elif width is not None:
         if width < longest:
             raise ValueError(f"packing width {width} is below the longest span ({longest})")
         C = _round_up(width, BUCKET)
-    elif floor_C >= longest:
-        C = floor_C                       # keep the width compiled before while spans fit
     else:
         C, best = None, None
-        candidates = sorted({w for w in WIDTHS if w >= longest} | {_round_up(longest, BUCKET)})
-        for w in candidates[:6]:
+        first = _round_up(longest, BUCKET)
+        for w in range(first, max(first * 5 // 2, 4 * BUCKET) + 1, BUCKET):
             cost = rows_per_micro(layout(w)) * w
             if best is None or cost < best:
                 C, best = w, cost
-    same_c = C == floor_C
     bins = layout(C)
-    P = max(rows_per_micro(bins), floor_P if same_c else 1)
+    P = rows_per_micro(bins)
+    Q = min(_round_up(max(queries(bins), 1), BUCKET), C)   # a multiple of BUCKET, at most C
 
-    # Queries per packed row, then Q (a multiple of BUCKET, at most C).
-    q_count = max((sum(int(need[g, spans[g][i][0]].sum()) for i in b)
-                   for g in range(G) for b in bins[g]), default=1)
-    Q = min(_round_up(max(q_count, 1), BUCKET), C)
-    Q = max(Q, floor_Q if same_c else 0)
+    # A shape compiled before is reused when the rows fit it with at most `reuse` x the slots.
+    for kP, kC, kQ in sorted(known, key=lambda shape: shape[0] * shape[1]):
+        if kP * kC > reuse * P * C or kC < longest or (mode == "trim" and kC < C):
+            continue
+        k_bins = layout(kC)
+        if rows_per_micro(k_bins) <= kP and queries(k_bins) <= kQ and kP % row_multiple == 0:
+            bins, P, C, Q = k_bins, kP, kC, kQ
+            break
 
     src = np.full((G, K, P, C), S * L, np.int32)
     seg = np.zeros((G, K, P, C), np.int32)

@@ -251,11 +251,11 @@ def _observed_kl(cfg: UpdateConfig, data: dict) -> jax.Array:
 
 
 def plan_update(cfg: UpdateConfig, batch: UpdateBatch, rng: jax.Array, row_shards: int = 1,
-                floor: tuple[int, int, int] | None = None) -> PackPlan:
+                known: Any = ()) -> PackPlan:
     """Host side of a packed update (`cfg.packing` "pack" or "trim"): each epoch's minibatch
     order (`minibatch_order` with the epoch's key, as the padded path draws it) and the
     packing plan of every minibatch (rl.packing), from the rows' valid tokens and loss mask
-    (after `mask_truncated`). floor: see `plan_packing`. The step reads
+    (after `mask_truncated`). known: see `plan_packing`. The step reads
     `{**plan.arrays(), "order": plan.order}`: order [E, M, S], the plan's [E * M, K, ...]."""
     N, L = batch.tokens_NxL.shape
     E, M = cfg.epochs, cfg.minibatches
@@ -269,7 +269,7 @@ def plan_update(cfg: UpdateConfig, batch: UpdateBatch, rng: jax.Array, row_shard
     rows = order_ExMxS.reshape(E * M, S)
     plan = plan_packing(valid_NxL[rows], need_NxL[rows], micro_batches=cfg.micro_batches,
                         mode=cfg.packing, row_multiple=row_shards, width=cfg.pack_width,
-                        floor=floor)
+                        known=known)
     return dataclasses.replace(plan, order=order_ExMxS)
 
 
@@ -400,14 +400,14 @@ def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: Trai
                        donate_argnums=0, compiler_options=compiler_options)
     shards = row_shards(mesh, rules)
     base = () if base_params is None else (base_params,)
-    floor = [None]   # the last plan's shape: later plans keep it while they fit (few compiles)
+    known: set = set()   # shapes compiled so far: later plans reuse them when they fit
 
     def plan(batch: UpdateBatch, rng: jax.Array) -> dict | None:
         """The packed step's `pack` argument for this batch (None unpacked)."""
         if cfg.packing == "none":
             return None
-        p = plan_update(cfg, batch, rng, shards, floor[0])
-        floor[0] = p.shape
+        p = plan_update(cfg, batch, rng, shards, known)
+        known.add(p.shape)
         return {**p.arrays(), "order": p.order}
 
     def update(state, batch, rng):
