@@ -220,7 +220,7 @@ def torch_step(cfg: ModelConfig, size: Size, rows) -> float:
                      max_position_embeddings=cfg.max_position)
     model = LlamaForCausalLM(hf).float().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    tokens, positions, valid, mask = (torch.as_tensor(np.asarray(a)) for a in rows)
+    tokens, positions, valid, mask = (torch.as_tensor(np.array(a)) for a in rows)
     labels = torch.where(torch.as_tensor(np.asarray(mask) > 0), tokens.long(), -100)
     micro = list(zip(*(x.chunk(size.micro) for x in (tokens.long(), positions.long(),
                                                       valid.long(), labels))))

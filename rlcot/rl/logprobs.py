@@ -15,13 +15,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlcot.models.transformer import split_adapted
 from rlcot.rl.packing import (PACKING_MODES, needed_positions, packed_inputs, plan_packing,
-                              take_queries, unpack)
+                              take_queries, to_host, unpack)
 from rlcot.rl.losses import entropy_from_logits
 from rlcot.sharding import TRAIN_RULES, logical_to_spec, state_shardings
 
@@ -198,9 +197,8 @@ def packed_pass(fn: Callable, params_like: Any, mesh: Mesh | None, rules: Any,
     known: set = set()   # shapes compiled so far: later plans reuse them when they fit
 
     def call(params, tokens_NxL, positions_NxL, valid_NxL, need_NxL=None):
-        valid = np.asarray(jax.device_get(valid_NxL)).astype(bool)
-        need = needed_positions(valid, None if need_NxL is None
-                                else np.asarray(jax.device_get(need_NxL)))
+        valid = to_host(valid_NxL).astype(bool)
+        need = needed_positions(valid, None if need_NxL is None else to_host(need_NxL))
         plan = plan_packing(valid[None], need[None], mode=packing, row_multiple=shards,
                             width=pack_width, known=known)
         known.add(plan.shape)

@@ -16,11 +16,13 @@ rows (a minibatch of the update, or the whole batch of a log-prob pass), a packe
     per-token outputs return in the padded layout and the loss, its aggregation weights and the
     metrics are computed there exactly as on the padded path.
 
-Modes: "pack" (first-fit decreasing into rows of C slots, C chosen to use the fewest slots), "trim" (one span per packed row, C the longest span), "none" (the padded
-layout; no plan). Shapes are bucketed (C and Q to multiples of 32, P to 1, 2, 3, 4, 6, 8, 12,
-... times the batch shards) and a shape compiled before is reused while the rows fit it with
-at most 1.1x the slots of the best new one, so the jitted passes compile for few shapes. Results equal the padded computation up to
-float rounding: the same tokens see the same keys at the same positions.
+Modes: "pack" (first-fit decreasing into rows of C slots, C chosen to use the fewest slots),
+"trim" (one span per packed row, C the longest span), "none" (the padded layout; no plan).
+Shapes are bucketed (C and Q to multiples of 32, P to 1, 2, 3, 4, 6, 8, 12, ... times the
+batch shards) and a shape compiled before is reused while the rows fit it with at most 1.1x
+the slots of the best new one, so the jitted passes compile for few shapes. Results equal the
+padded computation up to float rounding: the same tokens see the same keys at the same
+positions.
 """
 
 from __future__ import annotations
@@ -95,6 +97,15 @@ class PackPlan:
                 "update/slots_per_real_token": self.slots / max(self.real_tokens, 1),
                 "update/logit_slots": float(self.logit_slots),
                 "update/needed_tokens": float(self.needed)}
+
+
+def to_host(x) -> np.ndarray:
+    """The whole array on this host (gathered from every process when the array spans several),
+    for planning: every process makes the same plan from the same rows."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
 
 
 def needed_positions(valid_NxL: np.ndarray, need_NxL: np.ndarray | None = None) -> np.ndarray:

@@ -43,7 +43,7 @@ from rlcot.rl.metrics import finalize_metrics, reduce_metrics, token_metrics
 from rlcot.rl.objective import loss_terms, split_aux, token_objective
 from rlcot.rl.optim import make_optimizer, make_schedule
 from rlcot.rl.state import TrainState, UpdateConfig, train_state_shardings
-from rlcot.rl.packing import PackPlan, plan_packing
+from rlcot.rl.packing import PackPlan, plan_packing, to_host
 from rlcot.rl.value import packed_value_forward, value_forward
 from rlcot.sharding import TRAIN_RULES, logical_to_spec, state_shardings
 
@@ -262,10 +262,10 @@ def plan_update(cfg: UpdateConfig, batch: UpdateBatch, rng: jax.Array, row_shard
     S = N // M
     order_ExMxS = np.stack([np.asarray(minibatch_order(k, N, M, cfg.shuffle))
                             for k in jax.random.split(rng, E)]).astype(np.int32)
-    valid_NxL = np.asarray(jax.device_get(batch.valid_NxL)).astype(bool)
-    need_NxL = np.asarray(jax.device_get(batch.loss_mask_NxL)) > 0
+    valid_NxL = to_host(batch.valid_NxL).astype(bool)
+    need_NxL = to_host(batch.loss_mask_NxL) > 0
     if cfg.objective.aggregation.mask_truncated and batch.truncated_N is not None:
-        need_NxL &= ~np.asarray(jax.device_get(batch.truncated_N)).astype(bool)[:, None]
+        need_NxL &= ~to_host(batch.truncated_N).astype(bool)[:, None]
     rows = order_ExMxS.reshape(E * M, S)
     plan = plan_packing(valid_NxL[rows], need_NxL[rows], micro_batches=cfg.micro_batches,
                         mode=cfg.packing, row_multiple=row_shards, width=cfg.pack_width,
@@ -382,7 +382,13 @@ def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: Trai
     vf_clipped_frac, critic_grad_norm (with a critic); per update: skipped (non-finite),
     skipped_empty (minibatches without a valid token), opt_steps,
     nonfinite_streak, nonfinite_total, kl_coef (after the controller), rollout_kl, tokens
-    (positions processed, epochs x N x L) and loss_tokens.
+    (positions processed: epochs x N x L padded, the packed slots when packed), loss_tokens,
+    update/real_tokens (epochs x valid tokens), update/slots (= tokens),
+    update/slots_per_real_token, update/logit_slots (positions whose logits are computed).
+
+    The returned function plans on the host first when `cfg.packing` is not "none" (see the
+    module docstring); `update.plan(batch, rng)` gives that plan and `update.jitted` the
+    jitted `(state, batch, rng, plan[, base_params])`, e.g. to compile ahead of time.
     """
     if cfg.lora.enabled != (base_params is not None):
         raise ValueError(f"learner.lora.enabled is {cfg.lora.enabled}: base_params must be "
