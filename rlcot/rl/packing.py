@@ -19,15 +19,16 @@ rows (a minibatch of the update, or the whole batch of a log-prob pass), a packe
 Modes: "pack" (first-fit decreasing into rows of C slots, C chosen to use the fewest slots),
 "trim" (one span per packed row, C the longest span), "none" (the padded layout; no plan).
 Shapes are bucketed (C and Q to multiples of 32, P to 1, 2, 3, 4, 6, 8, 12, ... times the
-batch shards) and a shape compiled before is reused while the rows fit it with at most 1.1x
-the slots of the best new one, so the jitted passes compile for few shapes. Results equal the
-padded computation up to float rounding: the same tokens see the same keys at the same
-positions.
+batch shards) and a shape compiled before is reused while the rows fit it with at most 1.25x
+the slots of the best new one, new shapes in a run leaving room for 10% longer rows, so the
+jitted passes compile for few shapes. Results equal the padded computation up to float
+rounding: the same tokens see the same keys at the same positions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -136,7 +137,7 @@ def _ffd(lengths: list[int], width: int) -> list[list[int]]:
 def plan_packing(valid_GxSxL: np.ndarray, need_GxSxL: np.ndarray, *, micro_batches: int = 1,
                  mode: str = "pack", row_multiple: int = 1,
                  width: int | None = None, known: Sequence[tuple[int, int, int]] = (),
-                 reuse: float = 1.1) -> PackPlan:
+                 reuse: float = 1.25, headroom: float = 1.1) -> PackPlan:
     """The packing plan (see the module docstring) of G groups of S rows.
 
     need_GxSxL: positions whose log-prob (or value) is needed, e.g. the loss mask; positions
@@ -147,7 +148,9 @@ def plan_packing(valid_GxSxL: np.ndarray, need_GxSxL: np.ndarray, *, micro_batch
     1, 2, 3, 4, 6, 8, 12, ... (then to row_multiple), C and Q to multiples of 32.
     known: (P, C, Q) shapes of plans made before (`PackPlan.shape`, compiled already): the
     smallest that holds these rows in at most `reuse` x the slots of the best new shape is
-    used instead, so a run compiles its passes for few shapes."""
+    used instead; when none does, the new shape is made for spans `headroom` x as long, so
+    that rows growing during a run (as responses do in RL) fit it for a while. A run then
+    compiles its passes for few shapes."""
     if mode not in ("pack", "trim"):
         raise ValueError(f"packing mode must be 'pack' or 'trim' for a plan, got {mode!r}")
     valid = np.asarray(valid_GxSxL).astype(bool)
@@ -171,10 +174,11 @@ def plan_packing(valid_GxSxL: np.ndarray, need_GxSxL: np.ndarray, *, micro_batch
         spans.append(rows)
     longest = max((e - b for rows in spans for _, b, e in rows), default=1)
 
-    def layout(w: int) -> list[list[list[int]]]:
+    def layout(w: int, scale: float = 1.0) -> list[list[list[int]]]:
+        """Packed rows of each group (lists of spans), spans `scale` x as long as they are."""
         if mode == "trim":
             return [[[i] for i in range(len(rows))] for rows in spans]
-        return [_ffd([e - b for _, b, e in rows], w) for rows in spans]
+        return [_ffd([math.ceil((e - b) * scale) for _, b, e in rows], w) for rows in spans]
 
     def rows_per_micro(bins: list[list[list[int]]]) -> int:
         return _round_up(_grid(max(-(-len(b) // K) for b in bins)), row_multiple)
@@ -184,31 +188,49 @@ def plan_packing(valid_GxSxL: np.ndarray, need_GxSxL: np.ndarray, *, micro_batch
         return max((sum(int(need[g, spans[g][i][0]].sum()) for i in b)
                     for g in range(G) for b in bins[g]), default=1)
 
-    if mode == "trim":
-        C = _round_up(longest, BUCKET)
-    elif width is not None:
-        if width < longest:
-            raise ValueError(f"packing width {width} is below the longest span ({longest})")
-        C = _round_up(width, BUCKET)
-    else:
-        C, best = None, None
-        first = _round_up(longest, BUCKET)
-        for w in range(first, max(first * 5 // 2, 4 * BUCKET) + 1, BUCKET):
-            cost = rows_per_micro(layout(w)) * w
-            if best is None or cost < best:
-                C, best = w, cost
-    bins = layout(C)
-    P = rows_per_micro(bins)
-    Q = min(_round_up(max(queries(bins), 1), BUCKET), C)   # a multiple of BUCKET, at most C
+    def new_shape(scale: float) -> tuple[int, int, int]:
+        """(P, C, Q) for spans `scale` x as long (room for rows that grow during a run)."""
+        if mode == "trim":
+            C = _round_up(math.ceil(longest * scale), BUCKET)
+        elif width is not None:
+            if width < longest:
+                raise ValueError(f"packing width {width} is below the longest span "
+                                 f"({longest})")
+            C = _round_up(width, BUCKET)
+        else:
+            C, best = None, None
+            first = _round_up(math.ceil(longest * scale), BUCKET)
+            for w in range(first, max(first * 5 // 2, 4 * BUCKET) + 1, BUCKET):
+                cost = rows_per_micro(layout(w, scale)) * w
+                if best is None or cost < best:
+                    C, best = w, cost
+        bins = layout(C, scale)
+        return rows_per_micro(bins), C, min(_round_up(math.ceil(queries(bins) * scale),
+                                                      BUCKET), C)
 
-    # A shape compiled before is reused when the rows fit it with at most `reuse` x the slots.
-    for kP, kC, kQ in sorted(known, key=lambda shape: shape[0] * shape[1]):
-        if kP * kC > reuse * P * C or kC < longest or (mode == "trim" and kC < C):
-            continue
-        k_bins = layout(kC)
-        if rows_per_micro(k_bins) <= kP and queries(k_bins) <= kQ and kP % row_multiple == 0:
-            bins, P, C, Q = k_bins, kP, kC, kQ
+    def fits(shape: tuple[int, int, int]) -> list | None:
+        P, C, Q = shape
+        if C < longest or P % row_multiple:
+            return None
+        bins = layout(C)
+        return bins if rows_per_micro(bins) <= P and queries(bins) <= Q else None
+
+    # A shape compiled before is reused when the rows fit it with at most `reuse` x the slots
+    # of the best new one; a new shape in a run (known shapes, none fits) gets `headroom`.
+    P, C, Q = best = new_shape(1.0)
+    bins = None
+    for shape in sorted(known, key=lambda shape: shape[0] * shape[1]):
+        if shape[0] * shape[1] <= reuse * P * C and (bins := fits(shape)) is not None:
+            P, C, Q = shape
             break
+    if bins is None and known and headroom > 1.0:
+        roomy = new_shape(headroom)
+        if (bins := fits(roomy)) is not None:
+            P, C, Q = roomy
+    if bins is None:
+        P, C, Q = best
+        bins = layout(C)
+        P = max(P, rows_per_micro(bins))
 
     src = np.full((G, K, P, C), S * L, np.int32)
     seg = np.zeros((G, K, P, C), np.int32)
