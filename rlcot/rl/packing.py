@@ -16,7 +16,8 @@ rows (a minibatch of the update, or the whole batch of a log-prob pass), a packe
     per-token outputs return in the padded layout and the loss, its aggregation weights and the
     metrics are computed there exactly as on the padded path.
 
-Modes: "pack" (first-fit decreasing into rows of C slots, C chosen to use the fewest slots),
+Modes: "pack" (first-fit decreasing into rows of C slots, C chosen for the fewest slots, each
+weighted by the attention cost of a row of C),
 "trim" (one span per packed row, C the longest span), "none" (the padded layout; no plan).
 Shapes are bucketed (C and Q to multiples of 32, P to 1, 2, 3, 4, 6, 8, 12, ... times the
 batch shards) and a shape compiled before is reused while the rows fit it with at most 1.25x
@@ -37,6 +38,10 @@ import numpy as np
 
 PACKING_MODES = ("none", "pack", "trim")
 BUCKET = 32                   # C and Q are multiples of this
+# The row width at which attention costs about as much per slot as the rest of the layer (the
+# choice of C weighs slots x (1 + C / ATTENTION_WIDTH)); ~480 measured for the toy R1-Zero
+# model on CPU, larger for wider models.
+ATTENTION_WIDTH = 512
 
 
 def _round_up(n: int, m: int) -> int:
@@ -143,8 +148,8 @@ def plan_packing(valid_GxSxL: np.ndarray, need_GxSxL: np.ndarray, *, micro_batch
     need_GxSxL: positions whose log-prob (or value) is needed, e.g. the loss mask; positions
     where it is undefined (see `needed_positions`) are dropped. A row without a needed position
     is not packed. row_multiple: P is a multiple of it (the batch shards). width: the packed
-    row size for "pack" (None: the multiple of 32 from the longest span to 2.5x it that needs
-    the fewest slots, the smallest of equals); at least the longest span. P is rounded up to
+    row size for "pack" (None: the multiple of 32 from the longest span to 2.5x it with the
+    least slots x (1 + C / ATTENTION_WIDTH)); at least the longest span. P is rounded up to
     1, 2, 3, 4, 6, 8, 12, ... (then to row_multiple), C and Q to multiples of 32.
     known: (P, C, Q) shapes of plans made before (`PackPlan.shape`, compiled already): the
     smallest that holds these rows in at most `reuse` x the slots of the best new shape is
@@ -201,7 +206,9 @@ def plan_packing(valid_GxSxL: np.ndarray, need_GxSxL: np.ndarray, *, micro_batch
             C, best = None, None
             first = _round_up(math.ceil(longest * scale), BUCKET)
             for w in range(first, max(first * 5 // 2, 4 * BUCKET) + 1, BUCKET):
-                cost = rows_per_micro(layout(w, scale)) * w
+                # Attention over a packed row costs ~ its width per slot: wide rows pack
+                # tighter but each slot costs more.
+                cost = rows_per_micro(layout(w, scale)) * w * (1.0 + w / ATTENTION_WIDTH)
                 if best is None or cost < best:
                     C, best = w, cost
         bins = layout(C, scale)

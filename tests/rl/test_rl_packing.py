@@ -86,37 +86,46 @@ def test_plan_covers_each_needed_position_once():
         assert plan.packed_tokens <= plan.real_tokens <= valid.sum()
 
 
-def grpo_like_rows(rng):
-    """8 prompts x 8 samples: ~64-token prompts in a 96 bucket, ~50-token completions of at
-    most 128 (the padded rows have 224 slots)."""
+def grpo_like_rows(rng, growth: float = 1.0):
+    """8 prompts x 8 samples: ~64-token prompts in a 96 bucket, ~50-token completions (x
+    growth) of at most 128 (the padded rows have 224 slots)."""
     prompt = rng.integers(40, 90, 64)
-    completion = np.clip(rng.normal(50, 30, 64).astype(int), 5, 128)
+    completion = np.clip(rng.normal(50 * growth, 30, 64).astype(int), 5, 128)
     col = np.arange(224)[None, :]
     valid = (col >= (96 - prompt)[:, None]) & (col < (96 + completion)[:, None])
     return valid, (col >= 96) & valid
 
 
-def test_packing_uses_few_slots_and_few_shapes_on_grpo_like_rows():
-    """4 micro-batches, a run of 12 batches: packed slots within ~1.1x the real tokens, logits
-    at loss positions only, and reusing compiled shapes keeps their number low."""
+def test_packing_uses_few_slots_on_grpo_like_rows():
+    """4 micro-batches: packed slots ~1.1x the real tokens, logits at loss positions only."""
     rng = np.random.default_rng(0)
-    ratios = {"pack": [], "trim": [], "fresh": []}
-    known, fresh_shapes = set(), set()
+    ratios = {"pack": [], "trim": []}
     for _ in range(12):
         valid, comp = grpo_like_rows(rng)
-        for mode in ("pack", "trim"):
-            plan = plan_packing(valid[None], comp[None], micro_batches=4, mode=mode,
-                                known=known if mode == "pack" else ())
+        for mode in ratios:
+            plan = plan_packing(valid[None], comp[None], micro_batches=4, mode=mode)
             ratios[mode].append(plan.slots / plan.real_tokens)
             # logits at loss positions only (padded: every one of the 64 x 223 positions)
             assert plan.logit_slots < (0.5 if mode == "pack" else 0.6) * 64 * 223
-        known.add(plan_packing(valid[None], comp[None], micro_batches=4, known=known).shape)
-        fresh = plan_packing(valid[None], comp[None], micro_batches=4)
-        fresh_shapes.add(fresh.shape)
-        ratios["fresh"].append(fresh.slots / fresh.real_tokens)
-    assert np.mean(ratios["fresh"]) <= 1.1 and np.mean(ratios["pack"]) <= 1.12, ratios
-    assert max(ratios["pack"]) < 1.25 and np.mean(ratios["trim"]) > 1.4, ratios
-    assert len(known) < len(fresh_shapes), (known, fresh_shapes)
+    # ~1.1: the row width is chosen for slots weighted by attention cost, not slots alone
+    assert np.mean(ratios["pack"]) <= 1.12 and max(ratios["pack"]) < 1.2, ratios
+    assert np.mean(ratios["trim"]) > 1.4, ratios        # padded: ~2.1
+
+
+def test_a_run_with_growing_responses_compiles_few_shapes():
+    """Responses grow 1.8x over 30 steps (as in R1-Zero): reusing compiled shapes, and
+    leaving room in new ones, needs fewer shapes than planning each batch afresh, at a small
+    cost in slots."""
+    rng = np.random.default_rng(1)
+    known, fresh_shapes, ratios = set(), set(), []
+    for step in range(30):
+        valid, comp = grpo_like_rows(rng, growth=1.0 + 0.8 * step / 30)
+        plan = plan_packing(valid[None], comp[None], micro_batches=4, known=known)
+        known.add(plan.shape)
+        ratios.append(plan.slots / plan.real_tokens)
+        fresh_shapes.add(plan_packing(valid[None], comp[None], micro_batches=4).shape)
+    assert len(known) <= 5 and len(known) < len(fresh_shapes), (known, fresh_shapes)
+    assert np.mean(ratios) < 1.2, ratios
 
 
 @pytest.mark.parametrize("mode", ["pack", "trim"])
