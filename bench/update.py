@@ -4,18 +4,29 @@
     python bench/update.py --sizes tiny:64:256:1 --repeats 3 --no-torch
     python bench/update.py --mfu --sizes qwen2.5-0.5b:64:1024:8 --dtype bfloat16 --remat
                                                 # accelerators: model FLOPs utilisation
+    python bench/update.py --sizes smollm2-135m:64:224:4 --ragged 96 --packing none,pack,trim
+                                                # rollout-like rows, packed vs padded
 
 Each size is preset:rows:seq:micro_batches. Random-init weights, random tokens (a quarter of
 each row is prompt, the rest completion, no padding), random advantages and old log-probs near
 the current ones, PPO-clip with token-mean aggregation, one epoch, one minibatch (one optimizer
 step, AdamW), `micro` gradient-accumulation passes. tokens/s = rows * seq / wall time of one
-update call (all positions are processed by the forward and backward passes). Compile time is
+update call (all positions are processed by the forward and backward passes; real tokens only
+with --ragged). Compile time is
 measured separately (ahead-of-time lower + compile) and excluded. Calls are repeated and the
 best is kept (the machine may be shared).
 
+--ragged B: rows laid out as a rollout batch instead: prompts of ~2/3 of the bucket B (uniform
+in [0.42 B, 0.94 B)) left-padded to B, completions of ~0.39 of the budget T = seq - B (normal,
+sd 0.23 T, clipped to [5, T]) right-padded to T; the loss on completion tokens. With
+B = 96 and seq = 224 that is the GRPO case of 64-token prompts and 50-token completions in 128
+slots. Each mode of --packing (learner.packing) is timed on the same rows; tokens/s then counts
+REAL tokens (valid prompt + completion tokens) per second, for every mode and for the peer.
+
 Peer figure: the same architecture in transformers (LlamaForCausalLM, float32, random init)
-on the same rows x seq with the same micro-batching, cross-entropy on every token, backward and
-AdamW: one training step, timed the same way; "vs torch" = our tokens/s / theirs.
+on the same rows x seq with the same micro-batching, cross-entropy on the loss tokens
+(attention mask and positions as ours on ragged rows), backward and AdamW: one training step,
+timed the same way; "vs torch" = our tokens/s / theirs.
 
 --mfu (accelerators): model FLOPs utilisation = model FLOPs per token x tokens/s / peak FLOP/s.
 Model FLOPs per token = 6 x (non-embedding parameters + the unembedding matmul, V x d) +
@@ -52,6 +63,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--mfu", action="store_true", help="report model FLOPs utilisation")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak TFLOP/s of one device (default: looked up from device_kind)")
+    p.add_argument("--ragged", type=int, default=None, metavar="BUCKET",
+                   help="rollout-like ragged rows with this prompt bucket (see above)")
+    p.add_argument("--packing", default="none",
+                   help="comma-separated learner.packing modes to time (none, pack, trim)")
     p.add_argument("--xla-cpu-tuned", action="store_true",
                    help="XLA's Eigen dots instead of YNNPACK fusions on CPU (set before JAX starts)")
     return p.parse_args()
@@ -121,53 +136,76 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def jax_update(size: Size) -> dict:
+def make_rows(size: Size, vocab: int, rng: np.random.Generator):
+    """(tokens, positions, valid, loss mask) [rows, seq]: full rows (a quarter prompt) or, with
+    --ragged, rollout-like rows (see the module docstring)."""
+    N, L = size.rows, size.seq
+    tokens = rng.integers(0, vocab, (N, L)).astype(np.int32)
+    if ARGS.ragged is None:
+        valid = np.ones((N, L), bool)
+        mask = np.broadcast_to(np.arange(L)[None, :] >= L // 4, (N, L))
+    else:
+        B, T = ARGS.ragged, L - ARGS.ragged
+        if not 0 < B < L:
+            raise SystemExit(f"--ragged {B} must be inside the sequence length {L}")
+        prompt = rng.integers(int(0.42 * B), int(0.94 * B), N).clip(1, B)
+        completion = np.clip(rng.normal(0.39 * T, 0.23 * T, N).astype(int), min(5, T), T)
+        col = np.arange(L)[None, :]
+        valid = (col >= (B - prompt)[:, None]) & (col < (B + completion)[:, None])
+        mask = (col >= B) & valid
+    return tokens, np.asarray(tr.positions_from_mask(valid)), valid, mask.astype(np.float32)
+
+
+def jax_update(size: Size, packing: str, rows) -> dict:
     cfg = presets.get_config(size.preset, dtype=ARGS.dtype, param_dtype=ARGS.param_dtype)
     mesh = sharding.make_mesh(1, -1, 1) if jax.device_count() > 1 else None
     graphdef, params = tr.init_params(cfg, seed=0, mesh=mesh)
     ucfg = UpdateConfig(optimizer=OptimizerConfig(lr=1e-6), micro_batches=size.micro,
-                        logprob_chunk=ARGS.chunk, remat=ARGS.remat, shuffle=False)
+                        logprob_chunk=ARGS.chunk, remat=ARGS.remat, shuffle=False,
+                        packing=packing)
     state = init_train_state(ucfg, params, mesh=mesh)
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1)
     N, L = size.rows, size.seq
-    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (N, L)), jnp.int32)
-    valid = jnp.ones((N, L), bool)
-    positions = tr.positions_from_mask(valid)
-    mask = (jnp.arange(L)[None, :] >= L // 4).astype(jnp.float32) * jnp.ones((N, 1))
-    old_fn = make_logprob_fn(graphdef, params, mesh=mesh, chunk=ARGS.chunk)
-    logp = jax.block_until_ready(old_fn(params, tokens, positions, valid))
-    old_s = best_time(lambda: jax.block_until_ready(old_fn(params, tokens, positions, valid)),
-                      ARGS.repeats)
+    tokens, positions, valid, mask = rows
+    real = int(valid.sum())
+    old_fn = make_logprob_fn(graphdef, params, mesh=mesh, chunk=ARGS.chunk, packing=packing)
+    logp = jax.block_until_ready(old_fn(params, tokens, positions, valid, mask))
+    old_s = best_time(lambda: jax.block_until_ready(old_fn(params, tokens, positions, valid,
+                                                           mask)), ARGS.repeats)
     adv = jnp.asarray(rng.normal(size=(N, 1)), jnp.float32) * mask
     noise = jnp.asarray(rng.normal(size=(N, L)) * 0.05, jnp.float32)
-    batch = UpdateBatch(tokens, positions, valid, mask, adv, (logp + noise) * mask)
+    batch = UpdateBatch(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid),
+                        jnp.asarray(mask), adv, (logp + noise) * mask)
     if mesh is not None:
         batch = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
             ("data", "fsdp"))))
 
-    step = make_update_step(graphdef, ucfg, state, mesh=mesh)
+    update = make_update_step(graphdef, ucfg, state, mesh=mesh)
     key = jax.random.key(0)
+    pack = update.plan(batch, key)   # host planning is part of every call's time below
     t = time.perf_counter()
-    compiled = step.lower(state, batch, key).compile()
+    compiled = update.jitted.lower(state, batch, key, pack).compile()
     compile_s = time.perf_counter() - t
     box = {"state": state}
 
     def run():
-        box["state"], metrics = compiled(box["state"], batch, key)
+        box["state"], metrics = compiled(box["state"], batch, key, update.plan(batch, key))
         jax.block_until_ready(metrics)
         box["metrics"] = metrics
 
     run()   # first call: allocation and warm-up
     step_s = best_time(run, ARGS.repeats)
-    loss = float(box["metrics"]["loss"])
+    metrics = box["metrics"]
+    loss = float(metrics["loss"])
     if not np.isfinite(loss):
         raise SystemExit(f"{size.preset}: non-finite loss {loss}")
-    return dict(cfg=cfg, compile_s=compile_s, step_s=step_s, tok_s=N * L / step_s,
-                old_tok_s=N * L / old_s)
+    return dict(cfg=cfg, compile_s=compile_s, step_s=step_s, tok_s=real / step_s,
+                old_tok_s=real / old_s, loss=loss,
+                slots_per_real=float(metrics["update/slots_per_real_token"]))
 
 
-def torch_step(cfg: ModelConfig, size: Size) -> float:
+def torch_step(cfg: ModelConfig, size: Size, rows) -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     if cfg.family != "llama":
@@ -182,13 +220,16 @@ def torch_step(cfg: ModelConfig, size: Size) -> float:
                      max_position_embeddings=cfg.max_position)
     model = LlamaForCausalLM(hf).float().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    tokens = torch.randint(0, cfg.vocab_size, (size.rows, size.seq))
-    micro = tokens.chunk(size.micro)
+    tokens, positions, valid, mask = (torch.as_tensor(np.array(a)) for a in rows)
+    labels = torch.where(torch.as_tensor(np.asarray(mask) > 0), tokens.long(), -100)
+    micro = list(zip(*(x.chunk(size.micro) for x in (tokens.long(), positions.long(),
+                                                      valid.long(), labels))))
 
     def step():
         opt.zero_grad(set_to_none=True)
-        for x in micro:
-            (model(input_ids=x, labels=x).loss / size.micro).backward()
+        for x, pos, att, lab in micro:
+            out = model(input_ids=x, position_ids=pos, attention_mask=att, labels=lab)
+            (out.loss / size.micro).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
@@ -197,35 +238,42 @@ def torch_step(cfg: ModelConfig, size: Size) -> float:
 
 
 def main() -> None:
-    rows = []
+    out = []
     peak, kind = peak_flops() if ARGS.mfu else (None, jax.devices()[0].device_kind)
+    modes = ARGS.packing.split(",")
     for size in parse_sizes(ARGS.sizes):
-        r = jax_update(size)
-        cfg = r["cfg"]
-        row = [size.preset, f"{cfg.num_params() / 1e6:.1f}M", f"{size.rows}x{size.seq}",
-               str(size.micro), f"{r['compile_s']:.1f}", f"{r['step_s']:.2f}",
-               f"{r['tok_s']:,.0f}", f"{r['old_tok_s']:,.0f}"]
+        cfg = presets.get_config(size.preset, dtype=ARGS.dtype, param_dtype=ARGS.param_dtype)
+        rows = make_rows(size, cfg.vocab_size, np.random.default_rng(0))
+        real = int(rows[2].sum())
+        tok_t = None
         if not ARGS.no_torch:
-            t = torch_step(cfg, size)
-            tok_t = size.rows * size.seq / t
-            row += [f"{t:.2f}", f"{tok_t:,.0f}", f"{r['tok_s'] / tok_t:.2f}"]
-        if ARGS.mfu:
-            achieved = model_flops_per_token(cfg, size.seq) * r["tok_s"]
-            row += [f"{achieved / 1e12:.3g}",
-                    "n/a (unknown peak)" if peak is None else f"{100 * achieved / peak:.1f}%"]
-        rows.append(row)
-        print(" | ".join(row), flush=True)
-    head = ["model", "params", "rows x seq", "micro", "compile s", "step s", "tokens/s",
-            "old-logp tokens/s"]
+            tok_t = real / torch_step(cfg, size, rows)
+        for packing in modes:
+            r = jax_update(size, packing, rows)
+            row = [size.preset, f"{cfg.num_params() / 1e6:.1f}M", f"{size.rows}x{size.seq}",
+                   str(size.micro), packing, f"{size.rows * size.seq / real:.2f}",
+                   f"{r['slots_per_real']:.2f}", f"{r['compile_s']:.1f}", f"{r['step_s']:.2f}",
+                   f"{r['tok_s']:,.0f}", f"{r['old_tok_s']:,.0f}"]
+            if tok_t is not None:
+                row += [f"{real / tok_t:.2f}", f"{tok_t:,.0f}", f"{r['tok_s'] / tok_t:.2f}"]
+            if ARGS.mfu:
+                achieved = model_flops_per_token(cfg, size.seq) * r["tok_s"]
+                row += [f"{achieved / 1e12:.3g}",
+                        "n/a (unknown peak)" if peak is None else f"{100 * achieved / peak:.1f}%"]
+            out.append(row)
+            print(" | ".join(row), flush=True)
+    head = ["model", "params", "rows x seq", "micro", "packing", "padded/real",
+            "slots/real", "compile s", "step s", "real tokens/s", "old-logp real tokens/s"]
     if not ARGS.no_torch:
-        head += ["torch step s", "torch tokens/s", "vs torch"]
+        head += ["torch step s", "torch real tokens/s", "vs torch"]
     if ARGS.mfu:
         head += ["model TFLOP/s", "MFU"]
     print(f"\n{jax.device_count()} x {kind}, jax {jax.__version__}, dtype {ARGS.dtype}, "
-          f"params {ARGS.param_dtype}, remat {ARGS.remat}, best of {ARGS.repeats}\n")
+          f"params {ARGS.param_dtype}, remat {ARGS.remat}, ragged {ARGS.ragged}, "
+          f"best of {ARGS.repeats}\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for row in rows:
+    for row in out:
         print("| " + " | ".join(row) + " |")
 
 

@@ -88,9 +88,10 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     state = jax.device_put(state, train_state_shardings(state, mesh))  # scalars on the mesh too
     update = make_update_step(policy.graphdef, rc.learner, state, mesh=mesh,
                               critic_graphdef=critic_graphdef, base_params=base)
+    packing = dict(packing=rc.learner.packing, pack_width=rc.learner.pack_width)
     logprob_fn = make_logprob_fn(policy.graphdef, policy.params, mesh=mesh,
-                                 chunk=rc.learner.logprob_chunk)
-    value_fn = (make_value_fn(critic_graphdef, critic_params, mesh=mesh)
+                                 chunk=rc.learner.logprob_chunk, **packing)
+    value_fn = (make_value_fn(critic_graphdef, critic_params, mesh=mesh, **packing)
                 if critic_params is not None else None)
     # policy_params(state): the policy's weights (LoRA: the adapters merged into the base, made
     # when needed and not kept, so that only the sampler holds a second copy of the weights).
@@ -168,7 +169,8 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
         rows = batch_sharding(mesh)  # every [N, ...] array: rows over (data, fsdp)
         tb = jax.device_put(rollout.batch, rows)
         with timer("logprobs"):
-            args = (tb.tokens_NxL, tb.positions_NxL, tb.valid_NxL)
+            # Log-probs and values are read at completion tokens only (packed: only computed there)
+            args = (tb.tokens_NxL, tb.positions_NxL, tb.valid_NxL, tb.completion_mask_NxL)
             logp_old = (logprob_fn(policy_params(state), *args) if ro.recompute_old_logp
                         else tb.logp_NxL)
             ref = state.ref_params if base is None else base  # LoRA: adapters off

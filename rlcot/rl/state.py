@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from rlcot.models.lora import LoraConfig
 from rlcot.rl.objective import ObjectiveConfig
 from rlcot.rl.optim import OptimizerConfig, make_optimizer
+from rlcot.rl.packing import PACKING_MODES
 from rlcot.rl.value import ValueConfig
 from rlcot.sharding import TRAIN_RULES, state_shardings
 
@@ -33,7 +34,13 @@ class UpdateConfig:
 
     lora: train LoRA adapters on the frozen base instead of every weight (rlcot.models.lora);
     the train state's params are then the adapters, the base is an input of the update step,
-    and the KL reference is the base itself."""
+    and the KL reference is the base itself.
+
+    packing: how the update and the log-prob passes lay out rows (rl.packing). "pack": each
+    minibatch's sequences (prompt + completion up to its last loss token) packed into rows of
+    `pack_width` slots (None: chosen per batch for the fewest slots), logits only at loss
+    positions; "trim": one sequence per row, rows as long as the longest; "none": the padded
+    [N, L] rows as sampled. All three give the same results up to float rounding."""
     objective: ObjectiveConfig = ObjectiveConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     value: ValueConfig | None = None
@@ -45,6 +52,8 @@ class UpdateConfig:
     remat: bool = False
     max_nonfinite_streak: int = 3
     lora: LoraConfig = LoraConfig()
+    packing: str = "pack"
+    pack_width: int | None = None
 
     def __post_init__(self):
         for name in ("epochs", "minibatches", "micro_batches", "logprob_chunk",
@@ -52,6 +61,13 @@ class UpdateConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"UpdateConfig.{name} must be an int >= 1, got {v!r}")
+        if self.packing not in PACKING_MODES:
+            raise ValueError(f"UpdateConfig.packing must be one of {PACKING_MODES}, "
+                             f"got {self.packing!r}")
+        if self.pack_width is not None and (not isinstance(self.pack_width, int)
+                                            or self.pack_width < 1):
+            raise ValueError(f"UpdateConfig.pack_width must be an int >= 1 or None, "
+                             f"got {self.pack_width!r}")
         kl = self.objective.kl
         if kl.controller == "adaptive" and not kl.enabled:
             raise ValueError("an adaptive KL coefficient needs KL placement 'loss' or 'reward'")

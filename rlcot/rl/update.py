@@ -10,15 +10,26 @@ every aggregation mode. A minibatch whose loss or gradient is not finite is skip
 and optimizer state stay as they were and the counters in the state record it. A minibatch
 without a valid token (all its rows masked out) is skipped the same way, without counting as
 non-finite: no moment update, no weight decay.
+
+Packing (`UpdateConfig.packing`, rl.packing): with "pack" or "trim" the returned function first
+plans on the host (`plan_update`: the epochs' minibatch orders, drawn from the same keys, and
+each minibatch's packed rows split over its micro-batches), then calls the jitted step with the
+plan. Each micro-batch runs the decoder on its packed rows only and computes logits at its
+loss positions only; the per-token results return to the minibatch's [S, L] layout, where the
+loss, the aggregation weights (from the whole minibatch's mask, as unpacked) and the metrics
+are computed on that micro-batch's rows: the same minibatch gradient as the padded path, up
+to float rounding. Plans are bucketed (rl.packing), so the step compiles for few shapes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -26,13 +37,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rlcot.models import lora
 from rlcot.rl.aggregation import aggregate, aggregation_weights, mask_truncated, token_mean_weights
 from rlcot.rl.batch import UpdateBatch
-from rlcot.rl.logprobs import batch_sharding, row_shards, token_logprobs
+from rlcot.rl.logprobs import batch_sharding, packed_token_logprobs, row_shards, token_logprobs
 from rlcot.rl.losses import value_loss
 from rlcot.rl.metrics import finalize_metrics, reduce_metrics, token_metrics
 from rlcot.rl.objective import loss_terms, split_aux, token_objective
 from rlcot.rl.optim import make_optimizer, make_schedule
 from rlcot.rl.state import TrainState, UpdateConfig, train_state_shardings
-from rlcot.rl.value import value_forward
+from rlcot.rl.packing import PackPlan, plan_packing, to_host
+from rlcot.rl.value import packed_value_forward, value_forward
 from rlcot.sharding import TRAIN_RULES, logical_to_spec, state_shardings
 
 _PER_TOKEN = ("adv", "logp_old", "logp_ref", "logp_sampler", "values_old", "returns")
@@ -67,11 +79,17 @@ def split_micro(x: jax.Array, micro_batches: int) -> jax.Array:
     return x.reshape(S // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1)
 
 
-def _policy_loss(graphdef, cfg: UpdateConfig, params, x: dict, kl_coef, base=None):
+def _policy_loss(graphdef, cfg: UpdateConfig, params, x: dict, kl_coef, base=None,
+                 constrain=None):
     if base is not None:  # LoRA: params are the adapters, applied on the frozen base
         params = lora.Adapted(base, params, cfg.lora.scale)
-    logp, ent = token_logprobs(graphdef, params, x["tokens"], x["positions"], x["valid"],
-                               chunk=cfg.logprob_chunk, remat=cfg.remat)
+    if "pack" in x:
+        logp, ent = packed_token_logprobs(graphdef, params, x["tokens"], x["positions"],
+                                          x["valid"], x["pack"], chunk=cfg.logprob_chunk,
+                                          remat=cfg.remat, constrain=constrain)
+    else:
+        logp, ent = token_logprobs(graphdef, params, x["tokens"], x["positions"], x["valid"],
+                                   chunk=cfg.logprob_chunk, remat=cfg.remat)
     loss_BxT, aux = token_objective(cfg.objective, logp, x["logp_old"], x["adv"], x["mask"],
                                     kl_coef=kl_coef, logp_ref_BxT=x.get("logp_ref"),
                                     entropy_BxT=ent, logp_sampler_BxT=x.get("logp_sampler"))
@@ -81,14 +99,29 @@ def _policy_loss(graphdef, cfg: UpdateConfig, params, x: dict, kl_coef, base=Non
     return aggregate(loss_BxT, x["w"]), metrics
 
 
-def _critic_loss(graphdef, cfg: UpdateConfig, params, x: dict):
-    values = value_forward(graphdef, params, x["tokens"], x["positions"], x["valid"],
-                           remat=cfg.remat)
+def _critic_loss(graphdef, cfg: UpdateConfig, params, x: dict, constrain=None):
+    if "pack" in x:
+        values = packed_value_forward(graphdef, params, x["tokens"], x["positions"],
+                                      x["valid"], x["pack"], remat=cfg.remat,
+                                      constrain=constrain)
+    else:
+        values = value_forward(graphdef, params, x["tokens"], x["positions"], x["valid"],
+                               remat=cfg.remat)
     loss_BxT, aux = value_loss(values, x["values_old"], x["returns"], x["mask"],
                                clip_eps=cfg.value.clip_eps)
     aux["value"] = values * x["mask"]
     loss = aggregate(loss_BxT, x["w_value"])
     return loss, {**token_metrics(aux, x["w_metric"], x["mask"]), "value_loss": loss}
+
+
+def _micro_view(mb: dict, pack: dict) -> dict:
+    """The minibatch's [S, L] arrays as one packed micro-batch sees them: loss mask and weights
+    kept on its own rows only, so that summing over micro-batches gives the minibatch exactly."""
+    member_Sx1 = pack["member"][:, None]
+    x = {k: (v * member_Sx1 if k in ("mask", "w", "w_metric", "w_value") else v)
+         for k, v in mb.items()}
+    x["pack"] = pack
+    return x
 
 
 def _zeros_f32(params, mesh, rules):
@@ -101,7 +134,7 @@ def _zeros_f32(params, mesh, rules):
 def minibatch_grads(graphdef: nnx.GraphDef, cfg: UpdateConfig, params: Any, mb: dict,
                     kl_coef: jax.Array, *, critic_graphdef: nnx.GraphDef | None = None,
                     critic_params: Any = None, mesh: Mesh | None = None,
-                    rules: Any = TRAIN_RULES, base: Any = None
+                    rules: Any = TRAIN_RULES, base: Any = None, pack: dict | None = None
                     ) -> tuple[Any, Any, jax.Array, dict]:
     """Gradients of one minibatch, accumulated over `cfg.micro_batches` in float32. base: the
     frozen base weights when `params` are LoRA adapters (gradients go to the adapters only).
@@ -110,17 +143,30 @@ def minibatch_grads(graphdef: nnx.GraphDef, cfg: UpdateConfig, params: Any, mb: 
     logp_sampler` when the objective uses them, `values_old, returns` with a critic) and the
     weights `w` (loss aggregation), `w_metric` (token mean) [, `w_value`], all computed over
     the whole minibatch. Returns (grads, critic_grads or None, loss, finalized metrics).
+
+    pack: this minibatch's packing plan (rl.packing; arrays [K, ...]): micro-batch k runs the
+    decoder on its packed rows only, and its per-token outputs return to the [S, L] layout,
+    where the loss reads them with the weights restricted to its rows (`member`). None: the
+    padded rows, micro-batch k holding rows k, k + K, ... (`split_micro`).
     """
-    micro = {k: _constrain_rows(split_micro(v, cfg.micro_batches), 1, mesh, rules)
-             for k, v in mb.items()}
-    policy_vg = jax.value_and_grad(functools.partial(_policy_loss, graphdef, cfg, base=base),
-                                   has_aux=True)
+    constrain = None
+    if pack is None:
+        micro = {k: _constrain_rows(split_micro(v, cfg.micro_batches), 1, mesh, rules)
+                 for k, v in mb.items()}
+    else:
+        micro = {k: _constrain_rows(v, 1, mesh, rules) for k, v in pack.items()}
+        if mesh is not None:
+            constrain = functools.partial(_constrain_rows, row_axis=0, mesh=mesh, rules=rules)
+    policy_vg = jax.value_and_grad(functools.partial(_policy_loss, graphdef, cfg, base=base,
+                                                     constrain=constrain), has_aux=True)
     critic_vg = None
     if critic_params is not None:
-        critic_vg = jax.value_and_grad(functools.partial(_critic_loss, critic_graphdef, cfg),
-                                       has_aux=True)
+        critic_vg = jax.value_and_grad(functools.partial(_critic_loss, critic_graphdef, cfg,
+                                                         constrain=constrain), has_aux=True)
 
     def body(acc, x):
+        if pack is not None:
+            x = _micro_view(mb, x)
         g_acc, cg_acc = acc
         (loss, metrics), g = policy_vg(params, x, kl_coef)
         g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
@@ -204,8 +250,32 @@ def _observed_kl(cfg: UpdateConfig, data: dict) -> jax.Array:
     return (kl_N * rows).sum() / jnp.maximum(rows.sum(), 1.0)
 
 
+def plan_update(cfg: UpdateConfig, batch: UpdateBatch, rng: jax.Array, row_shards: int = 1,
+                known: Any = ()) -> PackPlan:
+    """Host side of a packed update (`cfg.packing` "pack" or "trim"): each epoch's minibatch
+    order (`minibatch_order` with the epoch's key, as the padded path draws it) and the
+    packing plan of every minibatch (rl.packing), from the rows' valid tokens and loss mask
+    (after `mask_truncated`). known: see `plan_packing`. The step reads
+    `{**plan.arrays(), "order": plan.order}`: order [E, M, S], the plan's [E * M, K, ...]."""
+    N, L = batch.tokens_NxL.shape
+    E, M = cfg.epochs, cfg.minibatches
+    S = N // M
+    order_ExMxS = np.stack([np.asarray(minibatch_order(k, N, M, cfg.shuffle))
+                            for k in jax.random.split(rng, E)]).astype(np.int32)
+    valid_NxL = to_host(batch.valid_NxL).astype(bool)
+    need_NxL = to_host(batch.loss_mask_NxL) > 0
+    if cfg.objective.aggregation.mask_truncated and batch.truncated_N is not None:
+        need_NxL &= ~to_host(batch.truncated_N).astype(bool)[:, None]
+    rows = order_ExMxS.reshape(E * M, S)
+    plan = plan_packing(valid_NxL[rows], need_NxL[rows], micro_batches=cfg.micro_batches,
+                        mode=cfg.packing, row_multiple=row_shards, width=cfg.pack_width,
+                        known=known)
+    return dataclasses.replace(plan, order=order_ExMxS)
+
+
 def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: TrainState,
-            batch: UpdateBatch, rng: jax.Array, base: Any = None) -> tuple[TrainState, dict]:
+            batch: UpdateBatch, rng: jax.Array, pack: dict | None = None,
+            base: Any = None) -> tuple[TrainState, dict]:
     N, L = batch.tokens_NxL.shape
     cfg.check_rows(N, row_shards(mesh, rules))
     critic = state.critic_params is not None
@@ -215,7 +285,8 @@ def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: Tr
     tx, schedule = make_optimizer(cfg.optimizer), make_schedule(cfg.optimizer)
     ctx = make_optimizer(cfg.value.optimizer) if critic else None
 
-    def minibatch_step(carry, mb):
+    def minibatch_step(carry, xs):
+        mb, mb_pack = xs
         params, opt_state, cparams, copt_state, opt_step, streak, total = carry
         mask = mb["mask"]
         mb = dict(mb, w=cfg.objective.aggregation.weights(mask), w_metric=token_mean_weights(mask))
@@ -223,7 +294,7 @@ def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: Tr
             mb["w_value"] = aggregation_weights(mask, cfg.value.aggregation)
         grads, cgrads, loss, metrics = minibatch_grads(
             graphdef, cfg, params, mb, state.kl_coef, critic_graphdef=critic_graphdef,
-            critic_params=cparams, mesh=mesh, rules=rules, base=base)
+            critic_params=cparams, mesh=mesh, rules=rules, base=base, pack=mb_pack)
         grad_norm = optax.tree.norm(grads)
         metrics.update(loss=loss, grad_norm=grad_norm, grad_norm_max=grad_norm,
                        lr=schedule(opt_step))
@@ -249,15 +320,25 @@ def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: Tr
                  total + (~finite))
         return carry, (metrics, ok, finite)
 
-    def epoch(carry, key):
-        order_MxS = minibatch_order(key, N, cfg.minibatches, cfg.shuffle)
+    def epoch(carry, xs):
+        key, order_MxS, epoch_pack = xs
+        if order_MxS is None:
+            order_MxS = minibatch_order(key, N, cfg.minibatches, cfg.shuffle)
         mbs = {k: _constrain_rows(v[order_MxS], 1, mesh, rules) for k, v in data.items()}
-        return jax.lax.scan(minibatch_step, carry, mbs)
+        return jax.lax.scan(minibatch_step, carry, (mbs, epoch_pack))
+
+    E, M = cfg.epochs, cfg.minibatches
+    keys, order_ExMxS, pack_ExM = jax.random.split(rng, E), None, None
+    slots, logit_slots = E * N * L, E * N * (L - 1)
+    if pack is not None:  # packed: the host's order and plan (plan_update)
+        order_ExMxS = pack["order"]
+        pack_ExM = {k: v.reshape(E, M, *v.shape[1:]) for k, v in pack.items() if k != "order"}
+        slots, logit_slots = pack["src"].size, pack["query"].size
 
     carry = (state.params, state.opt_state, state.critic_params, state.critic_opt_state,
              state.opt_step, state.nonfinite_streak, state.nonfinite_total)
     carry, (metrics_ExM, ok_ExM, finite_ExM) = jax.lax.scan(epoch, carry,
-                                                           jax.random.split(rng, cfg.epochs))
+                                                           (keys, order_ExMxS, pack_ExM))
     params, opt_state, cparams, copt_state, opt_step, streak, total = carry
 
     metrics = _summarize(metrics_ExM, ok_ExM)
@@ -270,8 +351,11 @@ def _update(graphdef, critic_graphdef, cfg: UpdateConfig, mesh, rules, state: Tr
         kl_coef = jnp.where(jnp.isfinite(new_coef), new_coef, kl_coef)
     metrics.update(kl_coef=kl_coef, rollout_kl=observed_kl, opt_steps=jnp.sum(ok_ExM),
                    nonfinite_streak=streak, nonfinite_total=total,
-                   tokens=jnp.float32(cfg.epochs * N * L),
-                   loss_tokens=cfg.epochs * data["mask"].sum())
+                   tokens=jnp.float32(slots), loss_tokens=cfg.epochs * data["mask"].sum())
+    real = cfg.epochs * data["valid"].sum().astype(jnp.float32)
+    metrics.update({"update/real_tokens": real, "update/slots": jnp.float32(slots),
+                    "update/slots_per_real_token": slots / jnp.maximum(real, 1.0),
+                    "update/logit_slots": jnp.float32(logit_slots)})
     new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1,
                            opt_step=opt_step, kl_coef=kl_coef, nonfinite_streak=streak,
                            nonfinite_total=total, ref_params=state.ref_params,
@@ -298,7 +382,13 @@ def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: Trai
     vf_clipped_frac, critic_grad_norm (with a critic); per update: skipped (non-finite),
     skipped_empty (minibatches without a valid token), opt_steps,
     nonfinite_streak, nonfinite_total, kl_coef (after the controller), rollout_kl, tokens
-    (positions processed, epochs x N x L) and loss_tokens.
+    (positions processed: epochs x N x L padded, the packed slots when packed), loss_tokens,
+    update/real_tokens (epochs x valid tokens), update/slots (= tokens),
+    update/slots_per_real_token, update/logit_slots (positions whose logits are computed).
+
+    The returned function plans on the host first when `cfg.packing` is not "none" (see the
+    module docstring); `update.plan(batch, rng)` gives that plan and `update.jitted` the
+    jitted `(state, batch, rng, plan[, base_params])`, e.g. to compile ahead of time.
     """
     if cfg.lora.enabled != (base_params is not None):
         raise ValueError(f"learner.lora.enabled is {cfg.lora.enabled}: base_params must be "
@@ -309,11 +399,25 @@ def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: Trai
     else:
         state_sh = train_state_shardings(state_like, mesh, rules)
         replicated = NamedSharding(mesh, PartitionSpec())
-        in_sh = (state_sh, batch_sharding(mesh, rules), replicated)
+        in_sh = (state_sh, batch_sharding(mesh, rules), replicated, replicated)
         if base_params is not None:
             in_sh += (state_shardings(base_params, mesh, rules),)
         step = jax.jit(fn, in_shardings=in_sh, out_shardings=(state_sh, replicated),
                        donate_argnums=0, compiler_options=compiler_options)
-    if base_params is None:
-        return step
-    return lambda state, batch, rng: step(state, batch, rng, base_params)
+    shards = row_shards(mesh, rules)
+    base = () if base_params is None else (base_params,)
+    known: set = set()   # shapes compiled so far: later plans reuse them when they fit
+
+    def plan(batch: UpdateBatch, rng: jax.Array) -> dict | None:
+        """The packed step's `pack` argument for this batch (None unpacked)."""
+        if cfg.packing == "none":
+            return None
+        p = plan_update(cfg, batch, rng, shards, known)
+        known.add(p.shape)
+        return {**p.arrays(), "order": p.order}
+
+    def update(state, batch, rng):
+        return step(state, batch, rng, plan(batch, rng), *base)
+    update.jitted = step  # (state, batch, rng, pack, [base]): e.g. to lower ahead of time
+    update.plan = plan
+    return update

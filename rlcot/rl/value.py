@@ -19,7 +19,8 @@ from jax.sharding import Mesh
 from rlcot.models.config import ModelConfig
 from rlcot.models.transformer import Transformer
 from rlcot.rl.aggregation import AGGREGATIONS
-from rlcot.rl.logprobs import sharded_forward
+from rlcot.rl.logprobs import batch_sharding, packed_pass, sharded_forward
+from rlcot.rl.packing import packed_inputs, take_queries, unpack
 from rlcot.rl.optim import OptimizerConfig
 from rlcot.sharding import TRAIN_RULES, state_shardings
 
@@ -44,12 +45,35 @@ class ValueModel(nnx.Module):
         shifted_NxL = jnp.concatenate([jnp.zeros_like(v_NxL[:, :1]), v_NxL[:, :-1]], axis=1)
         return jnp.where(defined_NxL, shifted_NxL, 0.0)
 
+    def at_queries(self, tokens_PxC: jax.Array, positions_PxC: jax.Array, valid_PxC: jax.Array,
+                   segments_PxC: jax.Array, query_PxQ: jax.Array,
+                   remat: bool = False) -> jax.Array:
+        """Packed rows (rl.packing): the value read after each query slot, [P, Q]."""
+        h_PxCxD, _ = self.body.hidden(tokens_PxC, positions_PxC, valid_PxC, remat=remat,
+                                      segment_ids_BxT=segments_PxC)
+        h_PxQxD = take_queries(h_PxCxD, query_PxQ)
+        return jnp.einsum("nqd,d->nq", h_PxQxD, self.head[...].astype(h_PxQxD.dtype),
+                          preferred_element_type=jnp.float32) + self.head_bias[...]
+
 
 def value_forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_NxL: jax.Array,
                   positions_NxL: jax.Array, valid_NxL: jax.Array, *,
                   remat: bool = False) -> jax.Array:
     """values_NxL, aligned as in the module docstring."""
     return nnx.merge(graphdef, params)(tokens_NxL, positions_NxL, valid_NxL, remat)
+
+
+def packed_value_forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_SxL: jax.Array,
+                         positions_SxL: jax.Array, valid_SxL: jax.Array, pack: dict, *,
+                         remat: bool = False,
+                         constrain: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """`value_forward` over one micro-batch's packed rows (rl.packing): values_SxL equal to it
+    where the plan computed them, 0 elsewhere. constrain: applied to the packed inputs."""
+    inputs = packed_inputs(tokens_SxL, positions_SxL, valid_SxL, pack)
+    if constrain is not None:
+        inputs = tuple(constrain(a) for a in inputs)
+    v_PxQ = nnx.merge(graphdef, params).at_queries(*inputs, pack["query"], remat)
+    return unpack(v_PxQ, pack["back"])
 
 
 def init_value_params(cfg: ModelConfig, seed: int = 0, *, mesh: Mesh | None = None,
@@ -74,12 +98,29 @@ def init_value_params(cfg: ModelConfig, seed: int = 0, *, mesh: Mesh | None = No
 
 
 def make_value_fn(graphdef: nnx.GraphDef, params_like: Any, *, mesh: Mesh | None = None,
-                  rules: Any = TRAIN_RULES, compiler_options: dict | None = None) -> Callable:
-    """Jitted `(critic_params, tokens_NxL, positions_NxL, valid_NxL) -> values_NxL` (the
-    old values for GAE and the clipped value loss), in the update step's layout."""
-    def fn(params, tokens_NxL, positions_NxL, valid_NxL):
-        return value_forward(graphdef, params, tokens_NxL, positions_NxL, valid_NxL)
-    return sharded_forward(fn, params_like, mesh, rules, compiler_options)
+                  rules: Any = TRAIN_RULES, compiler_options: dict | None = None,
+                  packing: str = "none", pack_width: int | None = None) -> Callable:
+    """`(critic_params, tokens_NxL, positions_NxL, valid_NxL, need_NxL=None) -> values_NxL`
+    (the old values for GAE and the clipped value loss), in the update step's layout.
+    packing / need_NxL: as `rl.logprobs.make_logprob_fn` (values 0 off the needed positions
+    when packed)."""
+    if packing == "none":
+        def fn(params, tokens_NxL, positions_NxL, valid_NxL):
+            return value_forward(graphdef, params, tokens_NxL, positions_NxL, valid_NxL)
+        padded = sharded_forward(fn, params_like, mesh, rules, compiler_options)
+        return lambda params, tokens, positions, valid, need=None: padded(
+            params, tokens, positions, valid)
+    constrain = None
+    if mesh is not None:
+        rows = batch_sharding(mesh, rules)
+        constrain = lambda a: jax.lax.with_sharding_constraint(a, rows)  # noqa: E731
+
+    def packed_fn(params, tokens_NxL, positions_NxL, valid_NxL, pack):
+        pack = jax.tree.map(lambda a: a[0, 0], pack)  # one group, one micro-batch
+        return packed_value_forward(graphdef, params, tokens_NxL, positions_NxL, valid_NxL,
+                                    pack, constrain=constrain)
+    return packed_pass(packed_fn, params_like, mesh, rules, compiler_options, packing,
+                       pack_width)
 
 
 @dataclasses.dataclass(frozen=True)

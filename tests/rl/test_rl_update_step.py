@@ -113,9 +113,12 @@ def test_sharded_step_equals_single_device(single):
         leaves_close(getattr(new, name), getattr(new_m, name), atol=1e-5)
     emb = new_m.params["embed"].get_value()
     assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    # Packed rows per micro-batch round up to the batch shards: the layout counts differ.
+    layout = ("tokens", "update/slots", "update/slots_per_real_token", "update/logit_slots")
     for k in metrics:
-        np.testing.assert_allclose(float(metrics_m[k]), float(metrics[k]), rtol=1e-5,
-                                   atol=1e-6, err_msg=k)
+        if k not in layout:
+            np.testing.assert_allclose(float(metrics_m[k]), float(metrics[k]), rtol=1e-5,
+                                       atol=1e-6, err_msg=k)
 
 
 def test_step_equals_hand_written_minibatch_loop(single):
