@@ -149,26 +149,20 @@ def abstract_update_inputs(model_cfg: ModelConfig, update_cfg: UpdateConfig,
 def lower_update(model_cfg: ModelConfig, update_cfg: UpdateConfig, shapes: UpdateShapes, *,
                  reference: bool, mesh: Mesh | None = None,
                  compiler_options: dict | None = None) -> Any:
-    """The update step, lowered (not compiled) for abstract inputs of these sizes."""
+    """The update step, lowered (not compiled) for abstract inputs of these sizes, in the
+    padded [N, L] layout: a packed step's shapes come from the rollout's token counts
+    (rlcot.rl.packing), which are not known ahead of time; on ragged rollouts packing processes
+    fewer token slots than the padded N x L."""
+    import dataclasses
     from rlcot.rl import update as rl_update
+    update_cfg = dataclasses.replace(update_cfg, packing="none")
     x = abstract_update_inputs(model_cfg, update_cfg, shapes, reference=reference, mesh=mesh)
     fn = rl_update.make_update_step(x["graphdef"], update_cfg, x["state"], mesh=mesh,
                                     critic_graphdef=x["critic_graphdef"],
                                     compiler_options=compiler_options,
                                     base_params=x["base"])
-    if x["base"] is not None:  # make_update_step closes over the base: lower the jitted step
-        step = _jitted_update(fn)
-        return step.lower(x["state"], x["batch"], x["rng"], x["base"])
-    return fn.lower(x["state"], x["batch"], x["rng"])
-
-
-def _jitted_update(fn: Any) -> Any:
-    # The LoRA wrapper is `lambda state, batch, rng: step(state, batch, rng, base)`; its
-    # closure holds the jitted step.
-    for cell in fn.__closure__ or ():
-        if hasattr(cell.cell_contents, "lower"):
-            return cell.cell_contents
-    raise TypeError("cannot find the jitted update step behind the LoRA wrapper")
+    base = () if x["base"] is None else (x["base"],)
+    return fn.jitted.lower(x["state"], x["batch"], x["rng"], None, *base)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,6 +59,9 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     tokenizer = policy.tokenizer
     pipeline = world_setup.train_pipeline(rc, tokenizer)
     _check_context(pipeline, rc.rollout.max_new_tokens, policy.cfg.max_position)
+    # The memory planner's table; a run that cannot fit stops here, naming the knobs that would.
+    from rlcot.preflight import check_run_memory
+    check_run_memory(rc, policy.cfg, mesh, max(len(ids) for ids in pipeline.prompt_ids))
     eval_sets, eval_cfg = world_setup.eval_setup(rc.eval, rc.world)
     log.info("model %s (%d params) on mesh %s; %d training prompts", rc.model.source,
              policy.cfg.num_params(), dict(mesh.shape), pipeline.num_kept)
@@ -105,7 +108,8 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     ro = rc.rollout
     spec = SamplingSpec(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                         top_k=ro.top_k, top_p=ro.top_p, min_p=ro.min_p,
-                        stop_ids=tuple(tokenizer.stop_ids), stop_strings=ro.stop_strings)
+                        stop_ids=tuple(tokenizer.stop_ids), stop_strings=ro.stop_strings,
+                        shared_prefix=ro.shared_prefix, cache_dtype=ro.cache_dtype)
     G = ro.num_samples
     rc.learner.check_rows(rc.data.batch_prompts * G, row_shards=row_shards(mesh, TRAIN_RULES))
 
