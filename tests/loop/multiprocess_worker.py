@@ -5,14 +5,17 @@
 
 Joins the run over loopback (with --num_processes > 1), runs the tiny RL stage (a random-init
 preset model on the toy world) into DIR and, on process 0, writes the final policy parameters
-to OUT.npz. --stop_at K: process 0 asks for a stop right after the K-th rollout (the loop then
-stops every process with a checkpoint of the step before; exit status 75), so that a second
-launch resumes the run.
+to OUT.npz. Every process also writes OUT.rowsP.json: the prompts of the rows it sampled and
+scored at each rollout (its own block of the global batch). --stop_at K: process 0 asks for a
+stop right after the K-th rollout (the loop then stops every process, abandoning that step,
+with the checkpoint of the step before), and the same processes run the stage again: it
+resumes from that checkpoint (a new launch would do the same, compiling everything again).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 # 8 devices in all: the caller sets XLA_FLAGS=--xla_force_host_platform_device_count and
@@ -50,6 +53,8 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--stop_at", type=int, default=0)
     args = ap.parse_args()
+    import faulthandler
+    faulthandler.dump_traceback_later(150, exit=True)  # a hung process says where, then ends
 
     from rlcot import distributed
     launch = (distributed.Launch(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
@@ -69,23 +74,29 @@ def main() -> int:
         saved["state"] = state
 
     checkpoint.Checkpointer.save = keep_last
-    if args.stop_at:
-        collect, calls = rollout.collect, [0]
+    collect, scored = rollout.collect, []
 
-        def collect_then_stop(*a, **kw):
-            out = collect(*a, **kw)
-            calls[0] += 1
-            if calls[0] == args.stop_at and jax.process_index() == 0:
-                preempt.request_stop("test")
-            return out
+    def collect_and_stop(*a, **kw):
+        out = collect(*a, **kw)
+        G = kw["num_samples"]
+        scored.append({"rows": len(out.scores_N),
+                       "prompts": [e["question"] for e in out.examples[::G]]})
+        if len(scored) == args.stop_at and jax.process_index() == 0:
+            preempt.request_stop("test")  # seen by every process at the loop's next check
+        return out
 
-        rollout.collect = collect_then_stop
+    rollout.collect = collect_and_stop
 
     rc = run_config.resolve(tiny_rl_config(args.steps))
     try:
         loop.run(rc, args.workdir, sources.Resolver(world=rc.world))
     except preempt.Preempted:
-        return preempt.EXIT_PREEMPTED
+        if not args.stop_at:
+            raise
+        preempt._requested = None  # the stop was served; the run starts again and resumes
+        loop.run(rc, args.workdir, sources.Resolver(world=rc.world))
+    with open(f"{args.params}.rows{jax.process_index()}.json", "w") as f:
+        json.dump(scored, f)
     flat = {jax.tree_util.keystr(path): distributed.gather_array(x)
             for path, x in jax.tree_util.tree_flatten_with_path(saved["state"].params)[0]}
     if distributed.is_primary():
