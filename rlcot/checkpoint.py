@@ -11,6 +11,10 @@ later is found before anything is read. A resuming run (`restore(..., fallback=T
 damaged or unreadable latest checkpoint for the newest good one, with a warning that says what
 was wrong, and moves the damaged ones to `checkpoints.damaged/`; the run then repeats the
 steps after the good one and ends as an uninterrupted run would.
+
+Several processes: every process calls save and restore (orbax writes each process's shards,
+process 0 the metadata, the JSON and the file list; they wait for each other where process 0
+alone changes the directory).
 """
 
 from __future__ import annotations

@@ -78,7 +78,10 @@ def initialize(launch: Launch, *, timeout_s: int = 300) -> None:
     """Joins this process to a multi-process run; call it before any other jax call (the
     backend must not be initialised yet: jax.devices(), jax.process_count() and any array op
     all initialise it). With an explicit launch of one process, or no launch and no cluster
-    environment, nothing is done. CPU processes exchange collectives through gloo."""
+    environment, nothing is done. CPU processes exchange collectives through gloo, and run
+    each computation to its end before the next is dispatched: with asynchronous dispatch, a
+    process's devices can be in different computations at once, and their gloo collectives
+    have deadlocked (jax 0.10.2, seen in one of three 2-process runs of the RL loop)."""
     if jax.distributed.is_initialized():
         return
     cluster = any(os.environ.get(k) for k in CLUSTER_ENV)
@@ -87,6 +90,7 @@ def initialize(launch: Launch, *, timeout_s: int = 300) -> None:
     if launch.explicit and launch.num_processes == 1:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     if launch.explicit:
         jax.distributed.initialize(launch.coordinator_address, launch.num_processes,
                                    launch.process_id, initialization_timeout=timeout_s)
