@@ -54,7 +54,8 @@ def main() -> int:
     ap.add_argument("--stop_at", type=int, default=0)
     args = ap.parse_args()
     import faulthandler
-    faulthandler.dump_traceback_later(150, exit=True)  # a hung process says where, then ends
+    # A hung process prints where it is and ends (before the test gives up on it, at 420 s).
+    faulthandler.dump_traceback_later(360, exit=True)
 
     from rlcot import distributed
     launch = (distributed.Launch(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
