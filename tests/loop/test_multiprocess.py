@@ -45,13 +45,13 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict[str, str]:
-    # No persistent compilation cache: a CPU executable read back from it has hung in gloo
-    # collectives (two processes, jax 0.10.2).
+    """The test's environment (RLCOT_TOYWORLD_CACHE included) for CPU processes of `devices`
+    devices each. No persistent compilation cache: a run that read CPU executables back from
+    it hung in a gloo collective (two processes, jax 0.10.2)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                         f"--xla_backend_optimization_level=0",
-               RLCOT_TOYWORLD_CACHE=os.environ["RLCOT_TOYWORLD_CACHE"])
+                         f"--xla_backend_optimization_level=0")
     return env
 
 
@@ -180,3 +180,31 @@ def test_process_zero_writes_the_files_and_the_run_resumed(runs):
         assert (w / name).is_file(), name
     assert sorted(p.name for p in (w / "checkpoints").iterdir()) == ["2", "3"]
     assert not list(w.rglob("*.tmp"))
+
+
+def test_main_joins_the_processes_named_by_the_environment(tmp_path):
+    """rlcot.main starts jax.distributed from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID before anything asks jax about its devices (asking first would start a
+    one-process backend, after which jax.distributed cannot start)."""
+    code = ("from absl import flags; import rlcot.main as m; flags.FLAGS(['main']); "
+            "m._maybe_init_distributed(); import jax; "
+            "print(jax.process_count(), jax.process_index(), jax.device_count())")
+    port = _free_port()
+    procs = []
+    for p in range(2):
+        env = _env(2)
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(p))
+        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+            outs.append(out.split()[-3:])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert outs == [["2", "0", "4"], ["2", "1", "4"]]
