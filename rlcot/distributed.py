@@ -33,15 +33,15 @@ CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
 @dataclasses.dataclass(frozen=True)
 class Launch:
     """How this process joins a run: all None means one process (or the cluster's own
-    detection, when CLUSTER_ENV says there is a cluster)."""
+    detection, when CLUSTER_ENV says there is a cluster); a coordinator address alone leaves
+    the number of processes and this one's index to that detection."""
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
 
     def __post_init__(self):
-        given = [self.coordinator_address is not None, self.num_processes is not None,
-                 self.process_id is not None]
-        if any(given) and not all(given):
+        given = [self.num_processes is not None, self.process_id is not None]
+        if any(given) and not (all(given) and self.coordinator_address is not None):
             raise ValueError(
                 f"a multi-process run needs all of coordinator address, number of processes and "
                 f"process id (--coordinator_address, --num_processes, --process_id or "
@@ -84,7 +84,7 @@ def initialize(launch: Launch, *, timeout_s: int = 300) -> None:
     have deadlocked (jax 0.10.2, seen in one of three 2-process runs of the RL loop)."""
     if jax.distributed.is_initialized():
         return
-    cluster = any(os.environ.get(k) for k in CLUSTER_ENV)
+    cluster = any(os.environ.get(k) for k in CLUSTER_ENV) or launch.coordinator_address
     if not launch.explicit and not cluster:
         return
     if launch.explicit and launch.num_processes == 1:
@@ -96,7 +96,8 @@ def initialize(launch: Launch, *, timeout_s: int = 300) -> None:
                                    launch.process_id, initialization_timeout=timeout_s)
     else:
         try:
-            jax.distributed.initialize(initialization_timeout=timeout_s)
+            jax.distributed.initialize(launch.coordinator_address,
+                                       initialization_timeout=timeout_s)
         except (RuntimeError, ValueError) as e:  # single-host TPU VMs also set some of these
             log.info("jax.distributed.initialize skipped: %s", e)
             return

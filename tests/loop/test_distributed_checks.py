@@ -114,7 +114,9 @@ def test_launch_settings(monkeypatch):
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be an integer"):
         distributed.Launch.from_env()
     with pytest.raises(ValueError, match="needs all of coordinator address, number of processes"):
-        distributed.Launch(coordinator_address="10.0.0.1:1234")
+        distributed.Launch(num_processes=2, process_id=0)  # no address
+    # An address alone: the cluster's detection gives the count and the index.
+    assert not distributed.Launch(coordinator_address="10.0.0.1:1234").explicit
     # One process: nothing to join, even when named explicitly.
     distributed.initialize(distributed.Launch("h:1", 1, 0))
     assert jax.process_count() == 1
