@@ -46,8 +46,8 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict[str, str]:
     """The test's environment (RLCOT_TOYWORLD_CACHE included) for CPU processes of `devices`
-    devices each. No persistent compilation cache: a run that read CPU executables back from
-    it hung in a gloo collective (two processes, jax 0.10.2)."""
+    devices each. No persistent compilation cache: the one 2-process run tried with it hung
+    in a gloo collective (jax 0.10.2, before runs dispatched synchronously; not tried since)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
