@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from typing import Any, Callable
 
@@ -311,5 +312,13 @@ def check_run(mesh: jax.sharding.Mesh, rows: jax.sharding.Sharding, *, batch_pro
                          f"judge), which is not supported with {H} processes yet: each process "
                          f"scores only its rows on the host; run one process")
     check_row_blocks(rows, batch_prompts * num_samples)
+    shards = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    if mesh.devices.flat[0].platform == "cpu" and batch_prompts % shards:
+        log.warning(
+            "data.batch_prompts = %d is not a multiple of the %d batch shards (mesh.data x "
+            "mesh.fsdp): the groups of samples are split unevenly over the devices, which needs "
+            "collectives over sub-groups of devices; on CPU processes (gloo) such runs have hung "
+            "in the advantages' collectives (3 of 15 runs). Use a multiple of %d.",
+            batch_prompts, shards, shards)
     log.info("%d processes: each samples and scores %d prompts x %d samples of the global "
              "batch on mesh %s", H, batch_prompts // H, num_samples, dict(mesh.shape))

@@ -29,9 +29,9 @@ def tiny_rl_config(steps: int):
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.world = dict(corpus_size=300)
     c.model = dict(source="preset:tiny", tokenizer="toyworld")
-    c.data = dict(dataset="toyworld", batch_prompts=4,
+    c.data = dict(dataset="toyworld", batch_prompts=8,
                   template=dict(name="r1_zero", instruction=""))
-    c.rollout = dict(num_samples=4, max_new_tokens=12)
+    c.rollout = dict(num_samples=2, max_new_tokens=12)
     # Rewards that vary even for an untrained model, so every step has a learning signal.
     c.rewards = {"r1_tag_count": 1.0, "repetition_penalty": 1.0}
     c.advantage = dict(estimator="grpo")

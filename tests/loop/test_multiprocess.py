@@ -150,6 +150,8 @@ def test_two_processes_train_the_same_parameters(runs):
     pa, pb = np.load(one / "params.npz"), np.load(two / "params.npz")
     assert sorted(pa.files) == sorted(pb.files)
     diff = np.concatenate([np.abs(pa[k] - pb[k]).ravel() for k in pa.files])
+    print(f"parameters: max |diff| {diff.max() / LR:.4f} lr, mean {diff.mean() / LR:.2e} lr, "
+          f"{np.mean(diff > 1e-4 * LR):.2%} of elements over 1e-4 lr")
     assert diff.max() <= 0.1 * LR, diff.max()
     assert diff.mean() <= 1e-4 * LR, diff.mean()
 
