@@ -80,10 +80,9 @@ def initialize(launch: Launch, *, timeout_s: int = 300) -> None:
     backend must not be initialised yet: jax.devices(), jax.process_count() and any array op
     all initialise it). With an explicit launch of one process, or no launch and no cluster
     environment, nothing is done. CPU processes exchange collectives through gloo, and run
-    each computation to its end before the next is dispatched: with asynchronous dispatch, a
-    process's devices can be in different computations at once, and their gloo collectives
-    have deadlocked (jax 0.10.2: both processes hung in two of nine 2-process runs of the RL
-    loop's test, none in five since)."""
+    each computation to its end before the next is dispatched, so that gloo never has two
+    computations' collectives in flight at once (a precaution: it did not stop the hangs seen
+    with groups split unevenly over the devices; see check_run)."""
     if jax.distributed.is_initialized():
         return
     cluster = any(os.environ.get(k) for k in CLUSTER_ENV) or launch.coordinator_address
