@@ -11,6 +11,10 @@ later is found before anything is read. A resuming run (`restore(..., fallback=T
 damaged or unreadable latest checkpoint for the newest good one, with a warning that says what
 was wrong, and moves the damaged ones to `checkpoints.damaged/`; the run then repeats the
 steps after the good one and ends as an uninterrupted run would.
+
+Several processes: every process calls save and restore (orbax writes each process's shards,
+process 0 the metadata, the JSON and the file list; they wait for each other where process 0
+alone changes the directory).
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class Checkpointer:
         self._manager.wait_until_finished()
         if jax.process_index() == 0:
             _write_file_list(self.directory / str(step))
+        _sync(f"checkpoint {step} listed")  # every process then sees the same checkpoint
 
     def check(self, step: int) -> str | None:
         """What is wrong with a checkpoint's files (None: nothing found). Checkpoints written
@@ -171,6 +176,7 @@ class Checkpointer:
                     dest, n = aside / f"{s}.{n}", n + 1
                 shutil.move(self.directory / str(s), dest)
                 (dest.parent / f"{dest.name}.why.txt").write_text(why + "\n")
+        _sync("damaged checkpoints set aside")
         self._manager.reload()
         for s, why in bad:
             log.warning("checkpoint %s/%d is damaged: %s", self.directory, s, why)
@@ -183,6 +189,14 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _sync(name: str) -> None:
+    """Several processes write one checkpoint (orbax: each its own shards, process 0 the
+    metadata and the file list): they wait for each other where process 0 alone changes it."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def _write_file_list(step_dir: Path) -> None:

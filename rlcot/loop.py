@@ -7,6 +7,11 @@ critic, KL coefficient, counters) and the data position; every random key is der
 (seed, step), so an interrupted run ends with the same numbers as an uninterrupted one. A stop
 request (SIGTERM / SIGINT, rlcot.preempt) ends the run at the next step boundary, or right
 after a rollout (abandoning that step), with a checkpoint there.
+
+Several processes (rlcot.distributed): each loads its block of the prompts, samples on the
+global mesh, scores its own rows, and the batch is put together as global arrays for the
+update; metrics are gathered so that every process has a one-process run's numbers, only
+process 0 writes files, and every process takes part in each checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlcot import preempt, run_config
+from rlcot import distributed, preempt, run_config
 from rlcot.checkpoint import Checkpointer
 from rlcot.health import HealthLog
 from rlcot.workdir import (MetricsWriter, PhaseTimer, Progress, read_metrics, results_table,
@@ -40,7 +45,9 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     rc = align_learner(rc)  # Dr.GRPO budget, off-policy sampling check, dynamic-sampling filter
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", dataclasses.asdict(rc))
+    primary = distributed.is_primary()  # process 0 writes the workdir's files
+    if primary:
+        write_json(workdir / "config.json", dataclasses.asdict(rc))
     from rlcot import world_setup
     from rlcot.rewards import RewardCombiner, RewardPool
     from rlcot.models import lora
@@ -55,7 +62,15 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
 
     # ---- Mesh, model, data ---------------------------------------------------------------------
     mesh = rc.mesh.make()
-    policy = resolver.load_policy(rc.model, mesh=mesh, seed=rc.seed, stage_dir=workdir)
+    G = rc.rollout.num_samples
+    rows = batch_sharding(mesh)  # every [N, ...] array: rows over (data, fsdp)
+    _check_rows(rc, row_shards(mesh, TRAIN_RULES))
+    from rlcot.rewards.models import model_sources
+    distributed.check_run(mesh, rows, batch_prompts=rc.data.batch_prompts, num_samples=G,
+                          dynamic_sampling=rc.rollout.dynamic_sampling,
+                          model_rewards=tuple(model_sources(rc.rewards)))
+    policy = resolver.load_policy(rc.model, mesh=mesh, seed=rc.seed,
+                                  stage_dir=workdir if primary else None)
     tokenizer = policy.tokenizer
     pipeline = world_setup.train_pipeline(rc, tokenizer)
     _check_context(pipeline, rc.rollout.max_new_tokens, policy.cfg.max_position)
@@ -110,8 +125,6 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
                         top_k=ro.top_k, top_p=ro.top_p, min_p=ro.min_p,
                         stop_ids=tuple(tokenizer.stop_ids), stop_strings=ro.stop_strings,
                         shared_prefix=ro.shared_prefix, cache_dtype=ro.cache_dtype)
-    G = ro.num_samples
-    rc.learner.check_rows(rc.data.batch_prompts * G, row_shards=row_shards(mesh, TRAIN_RULES))
 
     # ---- Resume --------------------------------------------------------------------------------
     ckpt = Checkpointer(workdir, max_to_keep=rc.train.keep_checkpoints)
@@ -123,20 +136,26 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
         sampler.update_params(policy_params(state))
         log.info("resumed from step %d", start)
     data_it = pipeline.iterator(data_state)
-    writer = MetricsWriter(workdir, resume_step=start if restored else None)
+    writer = MetricsWriter(workdir, resume_step=start if restored else None, active=primary)
+    distributed.sync("metrics file")  # process 0 has cut it back to the resumed step
     health = HealthLog(read_metrics(workdir))
     base_key = jax.random.key(rc.seed)
     saved = start if restored is not None else None  # the newest checkpoint's step
 
     def evaluate(step: int) -> dict[str, float]:
-        return world_setup.evaluate_at(step, sampler.generate, tokenizer, eval_sets, eval_cfg,
-                                       rc.seed, workdir)
+        return world_setup.evaluate_at(step, eval_generate, tokenizer, eval_sets, eval_cfg,
+                                       rc.seed, workdir if primary else None)
+
+    # Each process samples from its own prompts and gets its own rows back (rlcot.distributed);
+    # evaluation feeds every process the same prompts and gives every process all rows.
+    generate = distributed.local_generate(sampler.generate, rows, tokenizer.pad_id)
+    eval_generate = distributed.replicated_generate(sampler.generate, mesh)
 
     if start == 0 and eval_sets:
         writer.write(0, evaluate(0))
 
     # ---- The loop ------------------------------------------------------------------------------
-    from rlcot.rollout import collect
+    from rlcot.rollout import collect, gather
     progress = Progress(rc.train.steps, initial=start,
                         keys=("reward/total/mean", "rollout/length_mean", "loss"))
 
@@ -163,15 +182,17 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
         key = jax.random.fold_in(base_key, step)
 
         with timer("rollout"):
-            rollout = collect(data_it, sampler.generate, combiner, tokenizer, spec,
+            rollout = collect(data_it, generate, combiner, tokenizer, spec,
                               num_samples=G, batch_prompts=rc.data.batch_prompts,
                               key=jax.random.fold_in(key, 0),
                               dynamic_sampling=ro.dynamic_sampling, max_rounds=ro.max_rounds,
                               filter_on=ro.dynamic_sampling_filter)
         if preempt.stop_requested():  # abandon the step: the state is still the step's start
             stop(step, state, data_pos)
-        rows = batch_sharding(mesh)  # every [N, ...] array: rows over (data, fsdp)
-        tb = jax.device_put(rollout.batch, rows)
+        tb = distributed.to_global(rollout.batch, rows)  # this process's rows -> global rows
+        scores_N, row_valid_N, truncated_N = distributed.to_global(
+            (rollout.scores_N, rollout.row_valid_N, rollout.truncated_N), rows)
+        everyone = gather(rollout)  # all rows' numbers, on every process, for the metrics
         with timer("logprobs"):
             # Log-probs and values are read at completion tokens only (packed: only computed there)
             args = (tb.tokens_NxL, tb.positions_NxL, tb.valid_NxL, tb.completion_mask_NxL)
@@ -183,18 +204,19 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
             kl = (rl_batch.reward_kl(obj.kl, logp_old, logp_ref, tb.completion_mask_NxL)
                   if obj.kl.placement == "reward" else None)
             adv, returns = rl_batch.compute_advantages(
-                rc.advantage, jax.numpy.asarray(rollout.scores_N), tb.completion_mask_NxL,
+                rc.advantage, scores_N, tb.completion_mask_NxL,
                 group_size=G, values_NxL=values, kl_NxL=kl, kl_coef=state.kl_coef,
-                row_valid_N=jax.numpy.asarray(rollout.row_valid_N))
+                row_valid_N=row_valid_N)
             batch = rl_batch.make_update_batch(
                 tb, adv, logp_old, logp_ref_NxL=logp_ref, use_sampler_logp=obj.tis_cap is not None,
-                truncated_N=jax.numpy.asarray(rollout.truncated_N), values_old_NxL=values,
+                truncated_N=truncated_N, values_old_NxL=values,
                 returns_NxL=returns)
             batch = jax.block_until_ready(jax.device_put(batch, rows))
         update_metrics: dict[str, Any] = {"skipped_no_signal": 1.0}
-        if rollout.row_valid_N.any():  # else no group carried a learning signal: no step
+        if everyone.row_valid_N.any():  # else no group carried a learning signal: no step
             with timer("update"):
-                state, update_metrics = update(state, batch, jax.random.fold_in(key, 1))
+                state, update_metrics = update(
+                    state, batch, distributed.replicated(jax.random.fold_in(key, 1), mesh))
                 update_metrics = jax.device_get(update_metrics)
                 sampler.update_params(policy_params(state))
             check_nonfinite(update_metrics["nonfinite_streak"], rc.learner)
@@ -202,8 +224,8 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
                 and (step + 1) % rc.train.ref_refresh_every == 0):
             state = refresh_reference(state)
 
-        row = {**{k: float(v) for k, v in update_metrics.items()}, **rollout.reward_metrics,
-               **_rollout_metrics(rollout, G)}
+        row = {**{k: float(v) for k, v in update_metrics.items()}, **everyone.reward_metrics,
+               **_rollout_metrics(everyone, G)}
         row.update(health(step + 1, row))  # loud warnings, counted as health/NAME
         last = step + 1 == rc.train.steps
         if eval_sets and (last or (rc.train.eval_every and (step + 1) % rc.train.eval_every == 0)):
@@ -222,8 +244,11 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
 
     # ---- Wrap up: summary.json and plots --------------------------------------------------------
     close()
+    distributed.sync("run finished")  # every process's last metrics row and checkpoint are in
     summary = summarize(workdir, rc, wall_s=time.perf_counter() - t_run, resumed_from=start)
     summary["data"] = {"prompts": pipeline.num_kept, "skipped": pipeline.skipped}
+    if not primary:
+        return summary
     write_json(workdir / "summary.json", summary)
     table = results_table(summary)
     (workdir / "results.md").write_text(table + "\n")
@@ -234,6 +259,20 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     from rlcot.plots import plot_metrics
     plot_metrics(workdir, panels)
     return summary
+
+
+def _check_rows(rc: run_config.RunConfig, row_shards: int) -> None:
+    """The batch's rows must split into minibatches, micro-batches and the batch shards of the
+    mesh (data x fsdp), named by their settings (before anything compiles)."""
+    B, G = rc.data.batch_prompts, rc.rollout.num_samples
+    try:
+        rc.learner.check_rows(B * G, row_shards=row_shards)
+    except ValueError as e:
+        raise ValueError(
+            f"data.batch_prompts x rollout.num_samples = {B} x {G} rows: {e}; the batch shards "
+            f"are mesh.data x mesh.fsdp = {row_shards} (learner.minibatches = "
+            f"{rc.learner.minibatches}, learner.micro_batches = {rc.learner.micro_batches})"
+            ) from e
 
 
 def _check_context(pipeline: Any, max_new_tokens: int, max_position: int) -> None:

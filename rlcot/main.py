@@ -18,14 +18,18 @@
 Any config field can be overridden with --config.KEY=VALUE (e.g. --config.train.steps=20);
 unknown keys fail before anything is computed. `run` stops on SIGTERM / SIGINT at the next
 step boundary with a checkpoint and exits with status 75 (rlcot.preempt.EXIT_PREEMPTED); the
-same command resumes. On a TPU pod, run the same command on every
-host: jax.distributed is initialised from the environment.
+same command resumes.
+
+Several processes (hosts, or processes on one host): run the same command in each, with
+--coordinator_address=HOST:PORT (process 0's address), --num_processes=H and --process_id=P
+(or the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID),
+and the same --workdir on a shared file system. On a TPU pod, SLURM or Open MPI, jax finds
+these by itself: run the same command on every host.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from absl import app, flags
@@ -49,20 +53,24 @@ _PLAN_DEVICES = flags.DEFINE_integer("plan_devices", None, "compile: print only 
 _SHARED_PREFIX = flags.DEFINE_bool("shared_prefix", None, "compile: the KV cache layout, one "
                                    "prompt block per prompt shared by its G samples (default: "
                                    "as the stage's rollout.shared_prefix says).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "run/eval on several processes: "
+                                   "HOST:PORT of process 0 (else $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "run/eval on several processes: "
+                                      "how many (else $JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "run/eval on several processes: this "
+                                   "one's index, 0 .. num_processes-1 (else $JAX_PROCESS_ID).")
 
 COMMANDS = ("run", "eval", "export", "compile")
 SWEEP_COMMANDS = ("sweep", "table", "plot")
 
 
 def _maybe_init_distributed() -> None:
-    """Multi-host runs (TPU pods, multi-node GPU) initialise jax.distributed from the env."""
-    import jax
-    multi_host_env = ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID")
-    if any(os.environ.get(k) for k in multi_host_env) and jax.process_count() == 1:
-        try:
-            jax.distributed.initialize()
-        except (RuntimeError, ValueError) as e:  # single-host TPU VMs also set some of these
-            logging.info("jax.distributed.initialize skipped: %s", e)
+    """Joins a multi-process run from the flags or the environment (rlcot.distributed), before
+    any other jax call: asking jax anything first (even jax.process_count()) starts its backend
+    as one process, after which jax.distributed.initialize fails."""
+    from rlcot import distributed
+    distributed.initialize(distributed.Launch.from_env(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))
 
 
 def _quiet_logging() -> None:

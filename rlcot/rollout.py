@@ -231,3 +231,28 @@ def _assemble(rounds: list[dict], groups: list[tuple[int, int]], valid: list[boo
                    reward_metrics=metrics, row_valid_N=row_valid, lengths_N=cat("lengths"),
                    truncated_N=cat("truncated"), texts=[texts[i] for i in rows],
                    examples=[examples[i] for i in rows], stats=stats)
+
+
+def gather(rollout: Rollout) -> Rollout:
+    """The numbers of every process's rows of a rollout, in global row order, the same on every
+    process: what the step's metrics are computed from, so that all processes log what a
+    one-process run logs. The batch, texts and examples stay this process's own. Reward means
+    are recomputed over all rows; other counters are combined by distributed.merge_metrics.
+    With one process, the rollout itself."""
+    from rlcot import distributed
+    if not distributed.multi():
+        return rollout
+    g = distributed.gather_rows
+    scores_N = g(rollout.scores_N)
+    components = {k: g(v) for k, v in rollout.components.items()}
+    metrics = distributed.merge_metrics(rollout.reward_metrics)
+    for label, values in (*components.items(), ("total", scores_N)):
+        if f"reward/{label}/mean" in metrics:
+            metrics[f"reward/{label}/mean"] = float(values.mean())
+    stats = distributed.merge_metrics(
+        {k: v for k, v in rollout.stats.items() if k != "rounds"})
+    stats["rounds"] = rollout.stats.get("rounds", 1)
+    return dataclasses.replace(
+        rollout, scores_N=scores_N, components=components, reward_metrics=metrics,
+        row_valid_N=g(rollout.row_valid_N), lengths_N=g(rollout.lengths_N),
+        truncated_N=g(rollout.truncated_N), stats=stats)

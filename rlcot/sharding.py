@@ -48,14 +48,24 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices do not divide into (data, fsdp, tensor)="
-                             f"{tuple(shape)}: {len(devices)} is not a multiple of {known}")
+            raise ValueError(f"{len(devices)} devices do not divide into (mesh.data, mesh.fsdp, "
+                             f"mesh.tensor)={tuple(shape)}: {len(devices)} is not a multiple of "
+                             f"{known}{_process_note(devices)}")
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh (data, fsdp, tensor)={tuple(shape)} needs {math.prod(shape)} "
-                         f"devices, have {len(devices)}")
+        raise ValueError(f"mesh (mesh.data, mesh.fsdp, mesh.tensor)={tuple(shape)} needs "
+                         f"{math.prod(shape)} devices, have {len(devices)}"
+                         f"{_process_note(devices)}; set one axis to -1 for the rest")
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                          devices=devices)
+
+
+def _process_note(devices: Sequence[Any]) -> str:
+    """' (N processes x M devices)' when the devices span several processes."""
+    processes = {getattr(d, "process_index", 0) for d in devices}
+    if len(processes) < 2:
+        return ""
+    return f" ({len(processes)} processes x {len(devices) // len(processes)} devices)"
 
 
 def _mesh_axes_size(mesh: Mesh, axes: Any) -> int:

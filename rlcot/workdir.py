@@ -27,8 +27,10 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic write (temp file + rename): a crash never leaves half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    """Atomic write (temp file + rename): a crash never leaves half a file. The temp file is
+    named by the process id, so processes writing the same file (e.g. the study's files on
+    every process of a multi-process run, same contents) never rename each other's."""
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True))
     os.replace(tmp, path)
 
@@ -49,21 +51,25 @@ class MetricsWriter:
     """One JSON line per step in metrics.jsonl, mirrored to TensorBoard.
 
     On resume from step s, lines for steps > s (written after the checkpoint the run resumes
-    from) are dropped, so the file reads as if the run had never been interrupted.
+    from) are dropped, so the file reads as if the run had never been interrupted. active=False
+    (processes other than 0 of a multi-process run): nothing is read or written.
     """
 
     def __init__(self, workdir: str | Path, resume_step: int | None = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, active: bool = True):
+        self.active = active
+        self._tb = None
+        if not active:
+            return
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = self.workdir / "metrics.jsonl"
         rows = read_metrics(self.workdir)
         keep = [r for r in rows if resume_step is not None and r.get("step", -1) <= resume_step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp = self.path.with_suffix(f".jsonl.{os.getpid()}.tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
         os.replace(tmp, self.path)
         self._file = open(self.path, "a")
-        self._tb = None
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -73,6 +79,8 @@ class MetricsWriter:
                 self._tb = None
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
         row = {"step": int(step), **_jsonable(dict(metrics))}
         self._file.write(json.dumps(row, sort_keys=True) + "\n")
         self._file.flush()
@@ -82,6 +90,8 @@ class MetricsWriter:
                     self._tb.add_scalar(_tb_name(k), v, step)
 
     def close(self) -> None:
+        if not self.active:
+            return
         self._file.close()
         if self._tb is not None:
             self._tb.close()

@@ -32,10 +32,12 @@ def data_source(world: Any, dataset: str, split: str, size: int | None = None) -
 
 
 def train_pipeline(rc: RunConfig, tokenizer: Any) -> Any:
+    """This process's prompts: its block of data.batch_prompts / (number of processes) of
+    each global batch (rlcot.data.pipeline; the loop checks the division first)."""
     from rlcot.data.pipeline import PipelineConfig, PromptPipeline
     from rlcot.rewards.registry import required_fields
     d = rc.data
-    cfg = PipelineConfig(batch_size=d.batch_prompts, template=d.template,
+    cfg = PipelineConfig(batch_size=d.batch_prompts // jax.process_count(), template=d.template,
                          max_prompt_tokens=d.max_prompt_tokens, shuffle=d.shuffle, seed=rc.seed,
                          on_bad_rows=d.on_bad_rows, required_fields=required_fields(rc.rewards))
     return PromptPipeline(_source(rc, d.dataset, d.split), tokenizer, cfg,
@@ -84,13 +86,15 @@ def eval_extras(result: Any) -> dict[str, float]:
 def evaluate_at(step: int, generate: Any, tokenizer: Any, eval_sets: Any, eval_cfg: Any,
                 seed: int, out_dir: Any) -> dict[str, float]:
     """One evaluation of a policy (through its sampler's generate) at `step`: flat metrics
-    'eval/…' plus the toy world's behaviours; the table goes to out_dir/eval/stepNNNNNN.md.
+    'eval/…' plus the toy world's behaviours; the table goes to out_dir/eval/stepNNNNNN.md
+    (out_dir None: no file, e.g. on processes other than 0 of a multi-process run).
     Keys depend only on (seed, step), so a resumed run evaluates the same samples."""
     from pathlib import Path
 
     from rlcot.evaluation import evaluate
     result = evaluate(None, tokenizer, eval_sets, eval_cfg, generate=generate,
                       rng=jax.random.fold_in(jax.random.key(seed + 1), step), progress=False)
-    (Path(out_dir) / "eval").mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "eval" / f"step{step:06d}.md").write_text(result.to_markdown())
+    if out_dir is not None:
+        (Path(out_dir) / "eval").mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "eval" / f"step{step:06d}.md").write_text(result.to_markdown())
     return {**result.flat_metrics(), **eval_extras(result)}

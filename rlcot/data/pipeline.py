@@ -8,12 +8,14 @@ A row is malformed when it is not UTF-8, lacks a field the template or the rewar
 such rows are skipped and counted by reason (`skipped`, one warning line), or, with
 `on_bad_rows='error'`, they stop the run with the same counts and the first row of each kind.
 The kept prompts then form one global stream: a seeded permutation per epoch (grain's index shuffle, a fresh
-permutation each epoch), repeated `num_epochs` times (None: forever). Host h of H takes
-elements h, h + H, h + 2H, ... of that stream and groups them into batches of B, so global
-batch k (the union over hosts of their batch k) is elements [k·B·H, (k+1)·B·H) of the
-stream, whatever H is. Each pipeline is a grain `MapDataset` of batches: batch k is a pure
-function of (seed, k), and the iterator's state is just the next batch index, which is what
-a checkpoint stores to resume with exactly the same next batches.
+permutation each epoch), repeated `num_epochs` times (None: forever). Global batch k is
+elements [k·B·H, (k+1)·B·H) of that stream, whatever the number of hosts H, and host h's
+batch k is its h-th block of B: elements [k·B·H + h·B, k·B·H + (h+1)·B). The hosts' batches
+k, concatenated in host order, are therefore the one-host batch k row for row (the RL loop's
+global batch, whose rows the hosts' devices hold in the same blocks; rlcot.distributed). Each
+pipeline is a grain `MapDataset` of batches: batch k is a pure function of (seed, k), and the
+iterator's state is just the next batch index, the same on every host, which is what a
+checkpoint stores to resume with exactly the same next batches.
 
 A batch is a dict:
   prompt_text        list[str]            B rendered prompts
@@ -159,8 +161,9 @@ class PromptPipeline:
     examples (config.template.num_shots of them). exclude_rows: split rows never used as
     prompts (the shots, when they come from the same split). shard: this host's share;
     None means grain.sharding.ShardByJaxProcess(). Only its shard_index and shard_count
-    are used (hosts take interleaved elements of the global stream, not grain's contiguous
-    blocks); remainders follow config.drop_remainder. label: names the data in the skip
+    are used (host h takes the h-th block of B of each global batch of B·H, not grain's
+    contiguous share of the whole stream); remainders follow config.drop_remainder (a last
+    partial global batch is split in blocks of B from host 0 on). label: names the data in the skip
     summary and errors. After construction, `skipped` counts the rows left out by reason.
     """
 
@@ -253,7 +256,15 @@ class PromptPipeline:
             # Keep whole global batches so that every host has the same number of steps.
             global_batch = cfg.batch_size * count
             stream = stream[:len(stream) // global_batch * global_batch]
-        stream = stream[self.shard.shard_index::count]
+        B, h = cfg.batch_size, self.shard.shard_index
+        full, rest = divmod(len(stream), B * count)
+        local = full * B + min(B, max(0, rest - h * B))  # this host's elements
+
+        def position(j: int) -> int:  # this host's element j -> position in the global stream
+            return (j // B) * B * count + h * B + j % B
+
+        ordered = stream
+        stream = grain.MapDataset.range(local).map(lambda j: ordered[position(j)])
         return stream.map(self._element).batch(
             cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=self._collate)
 
@@ -273,10 +284,12 @@ class PromptPipeline:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """Names the batch sequence (prompts, order, batching, shard); a resumed run must match."""
+        """Names the batch sequence (prompts, order, batching, host count); a resumed run must
+        match. The same on every host (a checkpoint of a multi-host run stores one position
+        for all of them), so the host's index is not part of it."""
         cfg, h = self.config, hashlib.sha256()
         h.update(repr((cfg.batch_size, cfg.seed, cfg.shuffle, cfg.num_epochs, cfg.drop_remainder,
-                       cfg.max_prompt_tokens, self.shard.shard_index, self.shard.shard_count,
+                       cfg.max_prompt_tokens, self.shard.shard_count,
                        len(self.rows))).encode())
         h.update(self.rows.tobytes())
         for ids in self.prompt_ids:
@@ -306,7 +319,7 @@ class PromptPipeline:
                 raise ValueError(
                     f"cannot resume: the checkpoint's data fingerprint {saved} differs from this "
                     f"pipeline's {self.fingerprint} (dataset, prompts, tokenizer, seed, batch "
-                    f"size or sharding changed); position was {state}")
+                    f"size or number of hosts changed); position was {state}")
             it.set_state(state)
         return it
 

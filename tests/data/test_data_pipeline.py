@@ -107,21 +107,25 @@ def test_shards_are_disjoint_cover_an_epoch_and_match_one_host(byte_tokenizer):
     assert {p.steps_per_epoch for p in hosts} == {4}  # 24 / (B=2 * 3 hosts)
     per_host = [sum(_rows(itertools.islice(p.iterator(), 4)), []) for p in hosts]
     assert sorted(sum(per_host, [])) == list(range(24))  # disjoint and complete
-    # Global batch k is the same set of prompts whatever the number of hosts.
+    # Global batch k is the same prompts in the same order whatever the number of hosts: the
+    # hosts' batches k, concatenated in host order (a multi-process run's global rows).
     single = _pipe(byte_tokenizer, shard=(0, 1), seed=1, batch_size=6)
     for k, batch in enumerate(itertools.islice(single.iterator(), 4)):
         union = sum((per_host[h][2 * k:2 * k + 2] for h in range(3)), [])
-        assert sorted(batch["index_B"].tolist()) == sorted(union)
+        assert batch["index_B"].tolist() == union
+    # The data position is one for all hosts (a multi-host checkpoint stores process 0's).
+    assert len({p.fingerprint for p in hosts}) == 1
 
 
 def test_finite_epochs_and_remainders(byte_tokenizer):
     # 10 prompts, 3 hosts, B=2: one whole global batch of 6 per epoch; the other 4 are cut.
     kept = [_pipe(byte_tokenizer, n=10, shard=(h, 3), num_epochs=1) for h in range(3)]
     assert [len(p) for p in kept] == [1, 1, 1]
-    # Evaluation: no shuffle, keep remainders: host h gets rows h, h+3, ... in order.
+    # No shuffle, keep remainders: host h gets the h-th block of 2 of each global batch of 6;
+    # the last, partial one (rows 6..9) goes in blocks from host 0 on.
     ev = [_pipe(byte_tokenizer, n=10, shard=(h, 3), num_epochs=1, shuffle=False,
                 drop_remainder=False) for h in range(3)]
-    assert [_rows(p.iterator()) for p in ev] == [[[0, 3], [6, 9]], [[1, 4], [7]], [[2, 5], [8]]]
+    assert [_rows(p.iterator()) for p in ev] == [[[0, 1], [6, 7]], [[2, 3], [8, 9]], [[4, 5]]]
 
 
 def test_length_filter_counts(byte_tokenizer):

@@ -1,0 +1,109 @@
+"""One process of the multi-process RL test (tests/loop/test_multiprocess.py).
+
+    python tests/loop/multiprocess_worker.py --workdir DIR --params OUT.npz
+        [--num_processes 2 --process_id P --port PORT] [--stop_at K]
+
+Joins the run over loopback (with --num_processes > 1), runs the tiny RL stage (a random-init
+preset model on the toy world) into DIR and, on process 0, writes the final policy parameters
+to OUT.npz. Every process also writes OUT.rowsP.json: the prompts of the rows it sampled and
+scored at each rollout (its own block of the global batch). --stop_at K: process 0 asks for a
+stop right after the K-th rollout (the loop then stops every process, abandoning that step,
+with the checkpoint of the step before), and the same processes run the stage again: it
+resumes from that checkpoint (a new launch would do the same, compiling everything again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+# 8 devices in all: the caller sets XLA_FLAGS=--xla_force_host_platform_device_count and
+# JAX_PLATFORMS=cpu in the environment.
+
+
+def tiny_rl_config(steps: int):
+    import ml_collections as mlc
+    c = mlc.ConfigDict()
+    c.seed = 0
+    c.mesh = dict(data=1, fsdp=-1, tensor=1)
+    c.world = dict(corpus_size=300)
+    c.model = dict(source="preset:tiny", tokenizer="toyworld")
+    c.data = dict(dataset="toyworld", batch_prompts=8,
+                  template=dict(name="r1_zero", instruction=""))
+    c.rollout = dict(num_samples=2, max_new_tokens=12)
+    # Rewards that vary even for an untrained model, so every step has a learning signal.
+    c.rewards = {"r1_tag_count": 1.0, "repetition_penalty": 1.0}
+    c.advantage = dict(estimator="grpo")
+    c.learner = dict(objective=dict(policy=dict(name="ppo_clip", eps_high=0.28)),
+                     optimizer=dict(lr=1e-3), micro_batches=2)
+    c.train = dict(steps=steps, checkpoint_every=1, reward_workers=0)
+    c.eval = dict(datasets=("toyworld:test:4",), template="r1_zero", instruction="",
+                  max_new_tokens=8, batch_size=4)
+    return c
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--params", required=True)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--num_processes", type=int, default=1)
+    ap.add_argument("--process_id", type=int, default=0)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--stop_at", type=int, default=0)
+    args = ap.parse_args()
+    import faulthandler
+    # A hung process prints where it is and ends (before the test gives up on it, at 420 s).
+    faulthandler.dump_traceback_later(360, exit=True)
+
+    from rlcot import distributed
+    launch = (distributed.Launch(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
+              if args.num_processes > 1 else distributed.Launch())
+    distributed.initialize(launch, timeout_s=60)
+
+    import jax
+    import numpy as np
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from rlcot import checkpoint, loop, preempt, rollout, run_config, sources
+
+    saved = {}
+    save = checkpoint.Checkpointer.save
+
+    def keep_last(self, step, state, meta):  # the final train state is the last one saved
+        save(self, step, state, meta)
+        saved["state"] = state
+
+    checkpoint.Checkpointer.save = keep_last
+    collect, scored = rollout.collect, []
+
+    def collect_and_stop(*a, **kw):
+        out = collect(*a, **kw)
+        G = kw["num_samples"]
+        scored.append({"rows": len(out.scores_N),
+                       "prompts": [e["question"] for e in out.examples[::G]]})
+        if len(scored) == args.stop_at and jax.process_index() == 0:
+            preempt.request_stop("test")  # seen by every process at the loop's next check
+        return out
+
+    rollout.collect = collect_and_stop
+
+    rc = run_config.resolve(tiny_rl_config(args.steps))
+    try:
+        loop.run(rc, args.workdir, sources.Resolver(world=rc.world))
+    except preempt.Preempted:
+        if not args.stop_at:
+            raise
+        preempt._requested = None  # the stop was served; the run starts again and resumes
+        loop.run(rc, args.workdir, sources.Resolver(world=rc.world))
+    with open(f"{args.params}.rows{jax.process_index()}.json", "w") as f:
+        json.dump(scored, f)
+    flat = {jax.tree_util.keystr(path): distributed.gather_array(x)
+            for path, x in jax.tree_util.tree_flatten_with_path(saved["state"].params)[0]}
+    if distributed.is_primary():
+        np.savez(args.params, **flat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
