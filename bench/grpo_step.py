@@ -264,9 +264,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         ours = run_rlcot(rc, resolver, Path(tmp) / "rlcot", args.warmup)
         result["rlcot"] = {"steps": ours, "mean": mean_phases(ours),
-                           "wall_s": time.perf_counter() - t0}
+                           "wall_s": time.perf_counter() - t0, "load_after": os.getloadavg()[0]}
         print(f"rlcot: {result['rlcot']['wall_s']:.0f} s for {args.warmup} warm-up + "
-              f"{args.steps} timed steps", flush=True)
+              f"{args.steps} timed steps (load {result['rlcot']['load_after']:.1f})", flush=True)
         theirs = None
         if with_trl:
             import torch
@@ -276,12 +276,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             steps = run_trl(args, policy, batches, Path(tmp))
             theirs = mean_phases(steps)
             result["trl"] = {"steps": steps, "mean": theirs, "wall_s": time.perf_counter() - t0,
+                             "load_after": os.getloadavg()[0],
                              "versions": {"trl": trl.__version__, "torch": torch.__version__,
                                           "transformers": transformers.__version__},
                              "torch_threads": torch.get_num_threads()}
             print(f"TRL {trl.__version__} (torch {torch.__version__}, "
                   f"{torch.get_num_threads()} threads): {result['trl']['wall_s']:.0f} s for "
-                  f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)
+                  f"{args.warmup} warm-up + {args.steps} timed steps (load "
+                  f"{result['trl']['load_after']:.1f})", flush=True)
     result["table"] = table(result["rlcot"]["mean"], theirs)
     print(f"\nseconds per step, mean of {args.steps} timed step(s) after {args.warmup} "
           f"warm-up step(s) (compile excluded)\n")
