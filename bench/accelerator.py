@@ -52,7 +52,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peak-gbps", type=float, default=None, help="HBM GB/s of one device")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense TFLOP/s of one device")
-    p.add_argument("--budget-s", type=float, default=450.0,
+    p.add_argument("--budget-s", type=float, default=360.0,
                    help="start no measurement after this many seconds")
     p.add_argument("--out", default=None, help="output directory (default $OUT)")
     p.add_argument("--smoke", action="store_true",

@@ -13,9 +13,9 @@ group-normalised advantages (TRL's default scale_rewards='group'), activations r
 the backward pass (TRL's default gradient checkpointing; rlcot's learner.remat), and the same
 reward function on both sides (rlcot's math_accuracy). TRL 1.16 runs with its defaults
 otherwise, except bf16=False (the configuration is float32) and its dataset in order. The
-prompts are the first GSM8K train questions (the 'qa' template: "Question: ...\\nAnswer:") of at
-most --max-prompt-tokens tokens, in rlcot's pipeline order; TRL gets the same prompt strings in
-the same order.
+prompts are GSM8K train questions (the 'qa' template: "Question: ...\\nAnswer:") of at most
+--max-prompt-tokens tokens, the first batches of rlcot's pipeline (shuffled with seed 0); TRL
+gets the same prompt strings in the same order (they tokenize to the same ids).
 
 rlcot runs its RL stage (rlcot.loop.run: the same rollout, log-prob and update functions every
 recipe uses) for --warmup + --steps steps in a temporary directory, and the phase times are its
@@ -208,8 +208,13 @@ def run_trl(args: argparse.Namespace, policy: Any, batches: list[dict[str, Any]]
         beta=0.0, bf16=False, use_cpu=True, shuffle_dataset=False, seed=0,
         gradient_checkpointing=not args.no_checkpointing, report_to="none",
         save_strategy="no", logging_steps=1, disable_tqdm=True)
+    tokenizer = hf_tokenizer(policy.tokenizer)
+    for b in batches:  # TRL tokenizes the prompt strings itself: to the ids rlcot samples from
+        for text, ids in zip(b["prompt_text"], b["prompt_ids"]):
+            if list(tokenizer(text)["input_ids"]) != [int(i) for i in ids]:
+                raise RuntimeError(f"TRL's tokenizer gives other ids for the prompt {text!r}")
     trainer = Timed(model=model, reward_funcs=trl_reward, args=config, train_dataset=data,
-                    processing_class=hf_tokenizer(policy.tokenizer), callbacks=[StepTimes()])
+                    processing_class=tokenizer, callbacks=[StepTimes()])
     trainer.train()
     if len(steps) != args.warmup + args.steps:
         raise RuntimeError(f"TRL ran {len(steps)} optimizer steps, expected "
