@@ -63,6 +63,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep activations for the backward pass on both sides (rlcot remat off, "
                         "TRL gradient_checkpointing=False)")
     p.add_argument("--no-trl", action="store_true", help="rlcot only")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="TRL's torch intra-op threads (default: torch's, one per core); on a "
+                        "shared machine OpenMP's spinning threads can make more threads slower")
     p.add_argument("--model", default="gguf:smollm2", help="rlcot model source")
     p.add_argument("--tokenizer", default=None, help="tokenizer of the model source (for presets)")
     p.add_argument("--json", default=None, help="also write the phase times to this file")
@@ -132,7 +135,8 @@ def run_rlcot(rc: Any, resolver: Any, workdir: Path, warmup: int) -> list[dict[s
         generate = r["rollout/generate_s"]
         out.append({"generation": generate, "rewards": r["time/rollout_s"] - generate,
                     "log-probs": r["time/logprobs_s"], "update": r.get("time/update_s", 0.0),
-                    "step": r["time/step_s"] - r.get("time/checkpoint_s", 0.0)})
+                    "step": r["time/step_s"] - r.get("time/checkpoint_s", 0.0),
+                    "completion_tokens_mean": r["rollout/length_mean"]})
     return out
 
 
@@ -166,6 +170,8 @@ def run_trl(args: argparse.Namespace, policy: Any, batches: list[dict[str, Any]]
 
     from rlcot.models.hf import save_hf
 
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
     save_hf(workdir / "model", policy.cfg, policy.params, dtype="float32")
     model = AutoModelForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32)
     data = Dataset.from_dict({"prompt": [t for b in batches for t in b["prompt_text"]],
@@ -198,6 +204,10 @@ def run_trl(args: argparse.Namespace, policy: Any, batches: list[dict[str, Any]]
             steps.append({"generation": phase["generate"],
                           "rewards": phase["rollout"] - phase["generate"], "log-probs": 0.0,
                           "update": total - phase["rollout"], "step": total})
+
+        def on_log(self, args, state, control, logs=None, **k):  # after on_step_end
+            if steps and logs and "completions/mean_length" in logs:
+                steps[-1]["completion_tokens_mean"] = float(logs["completions/mean_length"])
 
     rows = args.prompts * args.samples
     config = GRPOConfig(

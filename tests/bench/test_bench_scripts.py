@@ -64,6 +64,7 @@ def test_grpo_step_times_each_phase_of_rlcots_loop(tmp_path):
     step = out["rlcot"]["steps"][0]
     check_phases(step)
     assert step["log-probs"] > 0  # rlcot recomputes the old log-probs
+    assert 0 < step["completion_tokens_mean"] <= 8
     assert out["prompt_tokens_mean"] <= 64
     table = done.stdout[done.stdout.index("| phase |"):].splitlines()
     assert len(table) == 7 and table[-1].startswith("| step total |") and "| - |" in table[-1]
@@ -77,6 +78,7 @@ def test_grpo_step_against_trl(tmp_path):
     assert len(out["trl"]["steps"]) == 1 and out["trl"]["versions"]["trl"]
     check_phases(out["trl"]["steps"][0])
     assert out["trl"]["steps"][0]["log-probs"] == 0.0  # on-policy TRL has no separate pass
+    assert 0 < out["trl"]["steps"][0]["completion_tokens_mean"] <= 8
     ratio = out["rlcot"]["mean"]["step"] / out["trl"]["mean"]["step"]
     assert f"| {ratio:.2f} |" in done.stdout.splitlines()[-1]
 
