@@ -32,7 +32,8 @@ recomputes the old log-probs with the training layout, plus advantages and the u
 (TRL on-policy does not recompute them: it takes the detached log-probs of the update's own
 forward pass); "update" the forward and backward passes of every micro-batch and the optimizer
 step (rlcot: also handing the new weights to the sampler). ratio = rlcot s / TRL s (below 1:
-rlcot is faster).
+rlcot is faster). Time it on a quiet machine: on oversubscribed cores PyTorch's OpenMP threads
+lose far more than XLA's (try --torch-threads 1), and the table then measures the load.
 """
 
 from __future__ import annotations
