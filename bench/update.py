@@ -50,7 +50,7 @@ PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "H800": 989.0,
                "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0}
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default="tiny:64:256:1,smollm2-135m:16:256:4",
                    help="comma-separated preset:rows:seq:micro_batches")
@@ -69,10 +69,11 @@ def parse() -> argparse.Namespace:
                    help="comma-separated learner.packing modes to time (none, pack, trim)")
     p.add_argument("--xla-cpu-tuned", action="store_true",
                    help="XLA's Eigen dots instead of YNNPACK fusions on CPU (set before JAX starts)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-ARGS = parse()
+# Imported (bench/accelerator.py), the defaults; the importer may replace ARGS with parse([...]).
+ARGS = parse() if __name__ == "__main__" else parse([])
 if ARGS.xla_cpu_tuned:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_experimental_ynn_fusion_type=").strip()
