@@ -171,7 +171,10 @@ def update_row(name: str) -> dict[str, Any]:
     if over_budget():
         return {"model": name, "skipped": "time budget"}
     size = update_bench.Size(name, rows, seq, micro)
-    r = update_bench.jax_update(size)
+    # Full rows (no padding: nothing to pack), so tokens/s counts every position.
+    full = update_bench.make_rows(size, presets.get_config(name).vocab_size,
+                                  np.random.default_rng(0))
+    r = update_bench.jax_update(size, "none", full)
     flops = update_bench.model_flops_per_token(r["cfg"], seq) * r["tok_s"]
     peak, _ = update_bench.peak_flops()
     row = {"model": name, "rows": rows, "seq": seq, "micro_batches": micro,
