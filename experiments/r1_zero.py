@@ -109,6 +109,11 @@ def toy() -> config_dict.ConfigDict:
     c.rollout.max_new_tokens = 160
     c.learner.optimizer.lr = 1e-4
     c.learner.minibatches = 2
+    # The padded update: on this 0.44M-parameter model a step's work is small beside a compile,
+    # and packed shapes follow the growing responses (5 compiled shapes in 40 steps). Measured
+    # on 2 cores of an AMD EPYC, same machine state: rl stage 92.6 s padded, 107.6 s packed
+    # (update 34.9 s vs 42.4 s, though the packed step itself is 0.70 s vs 0.80 s).
+    c.learner.packing = "none"
     c.train.steps = 40
     c.train.checkpoint_every = 10
     c.train.eval_every = 10
