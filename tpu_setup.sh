@@ -14,8 +14,9 @@
 #     cd rlcot && bash tpu_setup.sh -m rlcot.main run --config experiments/recipes.py:qwen2.5_7b_v5p
 #       --workdir /mnt/shared/runs/qwen7b 2>&1 | tee -a ~/rlcot.log"
 #
-# Every worker runs the same command: each draws the same global prompt batch (the pipeline is
-# deterministic in the seed) and jax places each host's shards on its own chips. The workdir
+# Every worker runs the same command: each loads its own block of every global prompt batch (the
+# pipeline is deterministic in the seed), scores its own rows, and jax runs sampling and the
+# update on the global mesh; process 0 writes the metrics and files. The workdir
 # must be one directory every host mounts (e.g. Filestore / NFS): checkpoints are written by all
 # hosts together and the same command resumes from them.
 # Before spending TPU time, compile the study for the slice on any CPU machine with libtpu
