@@ -22,16 +22,18 @@ Run a recipe on a pod with tpu_setup.sh (every worker), or on one GPU host with
 `python -m rlcot.main run --config experiments/recipes.py:qwen2.5_1.5b_gpu --workdir runs/q15`.
 
 Planner estimates per chip (2026-11-30, `--plan_devices`; f32 weights and Adam moments, bf16
-compute and KV cache, remat, every sample's copy of its prompt in the cache):
+compute and KV cache, remat, one shared prompt block per prompt in the cache):
 
 | recipe | chips | state (params + Adam) | sampler weights | update transients | rollout transients | peak |
 |---|---:|---:|---:|---:|---:|---:|
-| Qwen2.5-7B, v5p-64 (95 GiB) | 32 | 2.66 GiB | 7.09 GiB | 6.82 GiB | 5.80 GiB | 16.6 GiB |
-| Gemma-3-4B, v5e-16 (16 GiB) | 16 | 2.71 GiB | 7.23 GiB | 2.49 GiB | 2.54 GiB | 12.5 GiB |
-| Qwen2.5-1.5B, 1 GPU (80 GiB) | 1 | 17.3 GiB | 5.75 GiB | 23.7 GiB | 25.4 GiB | 48.4 GiB |
+| Qwen2.5-7B, v5p-64 (95 GiB) | 32 | 2.66 GiB | 7.09 GiB | 6.82 GiB | 4.05 GiB | 16.6 GiB |
+| Gemma-3-4B, v5e-16 (16 GiB) | 16 | 2.71 GiB | 7.23 GiB | 2.49 GiB | 1.74 GiB | 12.4 GiB |
+| Qwen2.5-1.5B, 1 GPU (80 GiB) | 1 | 17.3 GiB | 5.75 GiB | 23.7 GiB | 18.4 GiB | 46.7 GiB |
 
 Compiled ahead of time with libtpu 0.0.42.1 on a 2-core CPU machine without TPUs (`--topology`,
-about 8 min each), per chip:
+about 8 min each), per chip, before the sampler kept one prompt block per prompt (every
+sample's copy of its prompt in the cache: an upper bound for today's rollout; the planner
+said 16.6 and 12.5 GiB for that layout):
 
 | recipe | update step | sampling loop | both (one's peak + the other's arguments) | planner |
 |---|---:|---:|---:|---:|
@@ -44,54 +46,30 @@ there: tests/test_memory.py) reads low: 0.90x and 0.83x of the compiled totals h
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ml_collections import config_dict
 
-from rlcot import run_config
+from rlcot.sweep import spec
 
 VARIANTS = ("qwen2.5_7b_v5p", "gemma3_4b_v5e", "qwen2.5_1.5b_gpu", "tiny")
 
 def _common(model: str) -> config_dict.ConfigDict:
-    """R1-Zero's recipe (experiments/r1_zero.py) at accelerator sizes: 64 prompts x 8 samples
-    per step, prompts up to 512 tokens, 1024 new tokens, 4 minibatches (4 optimizer steps per
-    rollout), remat, bf16 compute with float32 weights and Adam moments."""
-    c = run_config.default_config()
+    """R1-Zero's accelerator recipe (experiments/r1_zero.py beside this file: 64 prompts x 8
+    samples per step, prompts up to 512 tokens, 1024 new tokens, 4 minibatches, remat, bf16
+    compute with float32 weights and Adam moments) on MATH, without dynamic sampling (refused
+    across processes: its extra rounds would move groups between hosts), logits 256 positions
+    at a time."""
+    c = _r1_zero()._accelerator(model, "math")
     c.name = "recipes"
-    c.model.source = model
-    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
-    c.advantage.estimator = "grpo"
-    c.advantage.std_over = "group"
-    obj = c.learner.objective
-    obj.policy.name = "ppo_clip"
-    obj.policy.eps_low, obj.policy.eps_high = 0.2, 0.28
-    obj.aggregation.mode = "token_mean"
-    obj.kl.placement = "none"
-    c.rewards = config_dict.ConfigDict({
-        "accuracy": {"reward": "math_accuracy", "weight": 1.0},
-        "format": {"reward": "r1_format", "weight": 0.5},
-    })
-    c.data.dataset = "math"
-    c.data.batch_prompts = 64
-    c.data.max_prompt_tokens = 512
-    c.rollout.num_samples = 8
-    c.rollout.max_new_tokens = 1024
-    c.rollout.stop_strings = ("</answer>",)
-    u = c.learner
-    u.optimizer.lr = 1e-6
-    u.optimizer.schedule = "linear_warmup"
-    u.optimizer.warmup_steps = 10
-    u.optimizer.max_grad_norm = 1.0
-    u.minibatches = 4
-    u.micro_batches = 4
-    u.remat = True
-    u.logprob_chunk = 256
-    c.train.steps = 500
-    c.train.checkpoint_every = 25
-    c.train.eval_every = 50
-    c.train.reward_workers = 8
-    c.eval = dict(datasets=("gsm8k:test", "math500:test"), template="r1_zero",
-                  max_new_tokens=1024, greedy=True, num_samples=8, temperature=0.6,
-                  top_p=0.95, batch_size=512, reward_workers=8)
+    c.rollout.dynamic_sampling = False
+    c.learner.logprob_chunk = 256
     return c
+
+
+def _r1_zero():
+    """experiments/r1_zero.py beside this file."""
+    return spec.load_experiment(Path(__file__).with_name("r1_zero.py"))
 
 
 def qwen7b_v5p() -> config_dict.ConfigDict:

@@ -158,27 +158,41 @@ def make_logprob_fn(graphdef: nnx.GraphDef, params_like: Any, *, mesh: Mesh | No
     valid_NxL and need_NxL (the positions the caller reads, e.g. the completion mask; None: all
     defined positions), the jitted pass (compiled once per bucketed shape) runs on them only,
     and logp_NxL is 0 off the needed positions."""
+    def padded_fn(params, tokens_NxL, positions_NxL, valid_NxL):
+        return token_logprobs(graphdef, params, tokens_NxL, positions_NxL, valid_NxL,
+                              chunk=chunk)[0]
+
+    def packed_fn(params, tokens_NxL, positions_NxL, valid_NxL, pack, constrain):
+        return packed_token_logprobs(graphdef, params, tokens_NxL, positions_NxL, valid_NxL,
+                                     pack, chunk=chunk, constrain=constrain)[0]
+    return per_token_pass(padded_fn, packed_fn, params_like, mesh, rules, compiler_options,
+                          packing, pack_width)
+
+
+def per_token_pass(padded_fn: Callable, packed_fn: Callable, params_like: Any,
+                   mesh: Mesh | None, rules: Any, compiler_options: dict | None, packing: str,
+                   pack_width: int | None) -> Callable:
+    """`(params, tokens, positions, valid, need=None) -> per-token [N, L]` for a forward pass
+    of the update step's layout (log-probs, values): packing "none" jits
+    `padded_fn(params, tokens, positions, valid)` over the padded rows (need is ignored);
+    "pack" / "trim" jit `packed_fn(params, tokens, positions, valid, pack, constrain)` on
+    one group's packing plan (`constrain` pins [N, ...] arrays to the batch sharding, or is
+    None without a mesh), made on the host from valid and need (see `packed_pass`)."""
     if packing not in PACKING_MODES:
         raise ValueError(f"packing must be one of {PACKING_MODES}, got {packing!r}")
     if packing == "none":
-        def fn(params, tokens_NxL, positions_NxL, valid_NxL):
-            return token_logprobs(graphdef, params, tokens_NxL, positions_NxL, valid_NxL,
-                                  chunk=chunk)[0]
-        padded = sharded_forward(fn, params_like, mesh, rules, compiler_options)
+        padded = sharded_forward(padded_fn, params_like, mesh, rules, compiler_options)
         return lambda params, tokens, positions, valid, need=None: padded(
             params, tokens, positions, valid)
-
     constrain = None
     if mesh is not None:
         rows = batch_sharding(mesh, rules)
         constrain = lambda a: jax.lax.with_sharding_constraint(a, rows)  # noqa: E731
 
-    def packed_fn(params, tokens_NxL, positions_NxL, valid_NxL, pack):
+    def fn(params, tokens_NxL, positions_NxL, valid_NxL, pack):
         pack = jax.tree.map(lambda a: a[0, 0], pack)  # one group, one micro-batch
-        return packed_token_logprobs(graphdef, params, tokens_NxL, positions_NxL, valid_NxL,
-                                     pack, chunk=chunk, constrain=constrain)[0]
-    return packed_pass(packed_fn, params_like, mesh, rules, compiler_options, packing,
-                       pack_width)
+        return packed_fn(params, tokens_NxL, positions_NxL, valid_NxL, pack, constrain)
+    return packed_pass(fn, params_like, mesh, rules, compiler_options, packing, pack_width)
 
 
 def packed_pass(fn: Callable, params_like: Any, mesh: Mesh | None, rules: Any,

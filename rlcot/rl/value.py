@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from rlcot.models.config import ModelConfig
 from rlcot.models.transformer import Transformer
 from rlcot.rl.aggregation import AGGREGATIONS
-from rlcot.rl.logprobs import batch_sharding, packed_pass, sharded_forward
+from rlcot.rl.logprobs import per_token_pass
 from rlcot.rl.packing import packed_inputs, take_queries, unpack
 from rlcot.rl.optim import OptimizerConfig
 from rlcot.sharding import TRAIN_RULES, state_shardings
@@ -104,23 +104,14 @@ def make_value_fn(graphdef: nnx.GraphDef, params_like: Any, *, mesh: Mesh | None
     (the old values for GAE and the clipped value loss), in the update step's layout.
     packing / need_NxL: as `rl.logprobs.make_logprob_fn` (values 0 off the needed positions
     when packed)."""
-    if packing == "none":
-        def fn(params, tokens_NxL, positions_NxL, valid_NxL):
-            return value_forward(graphdef, params, tokens_NxL, positions_NxL, valid_NxL)
-        padded = sharded_forward(fn, params_like, mesh, rules, compiler_options)
-        return lambda params, tokens, positions, valid, need=None: padded(
-            params, tokens, positions, valid)
-    constrain = None
-    if mesh is not None:
-        rows = batch_sharding(mesh, rules)
-        constrain = lambda a: jax.lax.with_sharding_constraint(a, rows)  # noqa: E731
+    def padded_fn(params, tokens_NxL, positions_NxL, valid_NxL):
+        return value_forward(graphdef, params, tokens_NxL, positions_NxL, valid_NxL)
 
-    def packed_fn(params, tokens_NxL, positions_NxL, valid_NxL, pack):
-        pack = jax.tree.map(lambda a: a[0, 0], pack)  # one group, one micro-batch
+    def packed_fn(params, tokens_NxL, positions_NxL, valid_NxL, pack, constrain):
         return packed_value_forward(graphdef, params, tokens_NxL, positions_NxL, valid_NxL,
                                     pack, constrain=constrain)
-    return packed_pass(packed_fn, params_like, mesh, rules, compiler_options, packing,
-                       pack_width)
+    return per_token_pass(padded_fn, packed_fn, params_like, mesh, rules, compiler_options,
+                          packing, pack_width)
 
 
 @dataclasses.dataclass(frozen=True)
