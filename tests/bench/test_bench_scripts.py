@@ -57,6 +57,7 @@ def check_phases(step: dict) -> None:
     assert parts <= step["step"] * 1.001, step
 
 
+@pytest.mark.slow  # ~25 s on 2 cores: the tiny studies run the same loop in the default suite
 def test_grpo_step_times_each_phase_of_rlcots_loop(tmp_path):
     done = run_script(grpo_args(tmp_path, "--no-trl"))
     out = json.loads((tmp_path / "grpo.json").read_text())
