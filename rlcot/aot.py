@@ -58,12 +58,9 @@ def topology_devices(name: str) -> list[Any]:
         raise RuntimeError(f"--topology {name} needs libtpu (pip install 'jax[tpu]' into a "
                            f"separate environment; see notes on ahead-of-time compilation)") from e
     from jax.experimental import topologies
-    if topo.split(":")[1].count("x") == 1 and per_host == (1, 1, 1):
-        desc = topologies.get_topology_desc(topo, "tpu")
-    else:
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo,
-                                            chip_config_name="default",
-                                            chips_per_host_bounds=per_host, num_slices=1)
+    desc = topologies.get_topology_desc(platform="tpu", topology_name=topo,
+                                        chip_config_name="default",
+                                        chips_per_host_bounds=per_host, num_slices=1)
     return list(desc.devices)
 
 
@@ -221,15 +218,36 @@ def lower_sampler(model_cfg: ModelConfig, shapes: SampleShapes, *, mesh: Mesh | 
 def memory_per_device(compiled: Any) -> dict[str, int]:
     """XLA's memory analysis of a compiled program, bytes per device: arguments, outputs,
     aliased (donated arguments reused as outputs), temporaries, generated code, and the peak
-    the program needs while it runs (arguments + outputs - aliased + temporaries)."""
+    the program needs while it runs.
+
+    XLA:CPU and XLA:GPU report one temporary allocation for the whole program, so the peak is
+    arguments + outputs - aliased + temporaries. libtpu reports the peak itself
+    (`peak_memory_in_bytes`, from its heap simulation) and a `temp_size_in_bytes` that is not
+    additive (0 for an update step whose peak is 20x its arguments, measured with libtpu
+    0.0.42.1); there `temp` is the peak minus the live arguments and outputs, so that `temp`
+    means the same on every backend."""
     m = compiled.memory_analysis()
     if m is None:
         raise RuntimeError("this backend reports no memory analysis for compiled programs")
     out = {"argument": int(m.argument_size_in_bytes), "output": int(m.output_size_in_bytes),
            "alias": int(m.alias_size_in_bytes), "temp": int(m.temp_size_in_bytes),
            "code": int(getattr(m, "generated_code_size_in_bytes", 0))}
-    out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    live = out["argument"] + out["output"] - out["alias"]
+    if _platform(compiled) == "tpu":
+        out["peak"] = int(m.peak_memory_in_bytes)
+        out["temp"] = max(out["peak"] - live, 0)
+    else:
+        out["peak"] = live + out["temp"]
     return out
+
+
+def _platform(compiled: Any) -> str:
+    """The platform of a compiled program's devices ('cpu', 'gpu', 'tpu')."""
+    for s in jax.tree.leaves(compiled.input_shardings):
+        devices = getattr(s, "device_set", None)
+        if devices:
+            return next(iter(devices)).platform
+    return jax.default_backend()
 
 
 def mesh_shape(mesh: Mesh | None) -> dict[str, int]:

@@ -24,9 +24,11 @@ rollout's come one after the other, so the peak is the state plus the larger of 
 Everything is computed from shapes (`jax.eval_shape` of the optimizer's init, no arrays). The
 activation terms count the tensors the layer's backward pass reads (attention scores and
 probabilities in float32, the MLP's gate/up/product, the projections' inputs); their
-coefficients were fitted once to XLA's buffer assignment (bench/memory_fit.py) and the tests
-check the estimate against `compiled.memory_analysis()` of the real update step and sampling
-loop on configurations outside the fit (tests/test_memory.py).
+coefficients are fitted per compiler (XLA:CPU, libtpu's TPU compiler: they plan buffers
+differently) to the memory it plans for the update step (bench/memory_fit.py), and the
+estimate is checked against `compiled.memory_analysis()` of the real update step and sampling
+loop on configurations outside the fit: on CPU by the tests (tests/test_memory.py), on a TPU
+topology without TPUs by bench/memory_check.py.
 """
 
 from __future__ import annotations
@@ -47,23 +49,71 @@ from rlcot.sharding import MESH_AXES, SAMPLE_RULES, TRAIN_RULES, logical_to_spec
 _GiB = 1 << 30
 BUDGET_ENV = "RLCOT_MEMORY_BUDGET_GIB"
 
-# Activation coefficients, in tensors of each unit shape per micro-batch (fitted by
-# bench/memory_fit.py to XLA's buffer assignment of the update step on CPU). Units: `scores`
-# [b, heads, T, T] float32, `mlp` [b, T, mlp_dim], `embed` [b, T, d_model], `qkv`
+# Activation coefficients, in tensors of each unit shape per micro-batch, fitted by
+# bench/memory_fit.py to the memory XLA plans for the update step, one set per compiler
+# (XLA:CPU and libtpu plan buffers differently: TPU keeps far less with remat). Units:
+# `scores` [b, heads, T, T] float32, `mlp` [b, T, mlp_dim], `embed` [b, T, d_model], `qkv`
 # [b, T, heads + 2 kv_heads, head_dim] in the compute dtype, `logits` [b, chunk, vocab] float32.
-# SAVED: kept per decoder layer for the backward pass (no remat); REMAT_SAVED: the same with
-# remat (the layer scan's carry); WORK / REMAT_WORK: the working set on top of them (one
-# layer's forward and backward, the logits chunk); GRADS: float32 copies of what is trained.
-# Fitted 2026-11-30 (jax 0.10.2, XLA:CPU) over 15 configs per mode (11 Llama-shaped, 4 Gemma-3-
-# shaped); every fitted point within 3.3% of its compiled temporaries.
-SAVED = {"scores": 3.15, "mlp": 3.15, "embed": 7.62, "qkv": 1.78, "sandwich": 14.10,
-         "local": 0.16}
-WORK = {"mlp": 10.64, "logits": 3.05, "local": 1.70}
-REMAT_SAVED = {"embed": 0.74, "sandwich": 0.04}
-REMAT_WORK = {"scores": 2.68, "mlp": 7.87, "embed": 7.78, "qkv": 1.36, "logits": 2.69,
-              "sandwich": 2.76, "local": 0.41}
-GRADS = 2.51        # without remat
-REMAT_GRADS = 1.32
+# saved: kept per decoder layer for the backward pass (no remat); remat_saved: the same with
+# remat (the layer scan's carry); work / remat_work: the working set on top of them (one
+# layer's forward and backward, the logits chunk); grads: float32 copies of what is trained.
+
+
+@dataclasses.dataclass(frozen=True)
+class Coefficients:
+    """One compiler's fitted activation coefficients (see above) and where they came from."""
+    saved: Mapping[str, float]
+    work: Mapping[str, float]
+    remat_saved: Mapping[str, float]
+    remat_work: Mapping[str, float]
+    grads: float
+    remat_grads: float
+    fitted: str
+
+
+COEFFICIENTS: dict[str, Coefficients] = {
+    "cpu": Coefficients(
+        saved={"scores": 3.15, "mlp": 3.15, "embed": 7.62, "qkv": 1.78, "sandwich": 14.10,
+               "local": 0.16},
+        work={"mlp": 10.64, "logits": 3.05, "local": 1.70},
+        remat_saved={"embed": 0.74, "sandwich": 0.04},
+        remat_work={"scores": 2.68, "mlp": 7.87, "embed": 7.78, "qkv": 1.36, "logits": 2.69,
+                    "sandwich": 2.76, "local": 0.41},
+        grads=2.51, remat_grads=1.32,
+        fitted="2026-11-30, jax 0.10.2, XLA:CPU, 15 configs per mode (11 Llama-shaped, "
+               "4 Gemma-3-shaped); every fitted point within 3.3% of its compiled temporaries"),
+    "cpu/bfloat16": Coefficients(
+        saved={"scores": 3.14, "mlp": 3.19, "embed": 7.49, "qkv": 1.87, "sandwich": 14.28,
+               "local": 0.07},
+        work={"mlp": 9.94, "logits": 3.13, "local": 1.85},
+        remat_saved={"embed": 0.73},
+        remat_work={"scores": 2.56, "mlp": 5.30, "embed": 7.79, "qkv": 1.45, "logits": 2.98,
+                    "sandwich": 4.52, "local": 0.33},
+        grads=3.22, remat_grads=1.35,
+        fitted="2026-11-30, jax 0.10.2, XLA:CPU, the cpu grid in bfloat16 compute (float32 "
+               "weights); every fitted point within 4.1% of its compiled temporaries"),
+    "tpu": Coefficients(
+        saved={"scores": 3.85, "mlp": 4.93, "embed": 2.89, "sandwich": 6.82, "local": 3.37},
+        work={"logits": 1.26},
+        remat_saved={},
+        remat_work={"mlp": 1.30, "embed": 3.36, "logits": 0.75, "local": 0.78},
+        grads=0.00, remat_grads=0.89,
+        fitted="2026-11-30, jax 0.10.2 with libtpu 0.0.42.1 (compile-only v5e), 20 configs "
+               "per mode with 128-aligned dimensions (16 Llama-, 4 Gemma-3-shaped; half in "
+               "bfloat16 compute); fitted points within 19% (no remat) and 28% (remat) of "
+               "the compiled temporaries: libtpu's peak is not linear in the sizes"),
+}
+
+
+def coefficients(platform: str, dtype: str = "float32") -> Coefficients:
+    """The fitted set for `platform` and the compute `dtype` ('cpu/bfloat16' where one compiler
+    plans a dtype's buffers apart: XLA:CPU keeps some of a bfloat16 model's in bfloat16 and
+    computes the rest in float32). GPUs (not measured yet) use TPU's, the other compiler with
+    native bfloat16 buffers."""
+    platform = platform if platform in {k.split("/")[0] for k in COEFFICIENTS} else "tpu"
+    if platform not in COEFFICIENTS:
+        platform = "cpu"
+    return COEFFICIENTS.get(f"{platform}/{dtype}", COEFFICIENTS[platform])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +170,10 @@ class Sizes:
 
 
 def compute_itemsize(dtype: Any, platform: str = "tpu") -> int:
-    """Bytes per element of activations and caches in `dtype` on `platform`: XLA:CPU computes
-    bfloat16 and float16 in float32 (its buffers are float32-sized: measured, the update
-    step's temporaries in bfloat16 equal float32's), accelerators natively."""
+    """Bytes per element of the activations computed in `dtype` on `platform`: XLA:CPU
+    computes bfloat16 and float16 in float32 (the update step's temporaries in bfloat16 are
+    float32-sized without remat: measured), accelerators natively. Stored arrays (the KV
+    cache) keep their dtype's size everywhere."""
     size = jnp.dtype(dtype).itemsize
     return max(size, 4) if platform == "cpu" else size
 
@@ -232,7 +283,8 @@ def activation_bytes(cfg: ModelConfig, rows: int, length: int, *, remat: bool,
                             rules=rules, platform=platform)
     if value_head:
         unit["logits"] = 0
-    saved, work = (REMAT_SAVED, REMAT_WORK) if remat else (SAVED, WORK)
+    co = coefficients(platform, cfg.dtype)
+    saved, work = (co.remat_saved, co.remat_work) if remat else (co.saved, co.work)
     return int(cfg.n_layers * sum(c * unit[u] for u, c in saved.items())
                + sum(c * unit[u] for u, c in work.items()))
 
@@ -354,7 +406,9 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
     trained_f32 = _f32_bytes(trained, m, train_rules)
     critic_f32 = 0 if critic is None else _f32_bytes(critic, m, train_rules)
     # The float32 accumulator and (partly overlapping) one micro-batch's gradient.
-    c["grads"] = int((REMAT_GRADS if learner.remat else GRADS) * (trained_f32 + critic_f32))
+    co = coefficients(platform, cfg.dtype)
+    c["grads"] = int((co.remat_grads if learner.remat else co.grads)
+                     * (trained_f32 + critic_f32))
     micro_rows = N // learner.minibatches // learner.micro_batches
     c["activations"] = activation_bytes(cfg, micro_rows, L, remat=learner.remat,
                                         logprob_chunk=learner.logprob_chunk, mesh=m,
@@ -418,7 +472,9 @@ def rollout_bytes(cfg: ModelConfig, sizes: Sizes, mesh: Any = None, *,
     B = -(-bucket(sizes.batch_prompts) // shards) * shards
     P, T = bucket(sizes.prompt_len, 16), bucket(sizes.max_new_tokens, 16)
     N = B * G
-    dt = compute_itemsize(cache_dtype or cfg.dtype, platform)
+    # The cache is a stored array: its own dtype's size on every backend (XLA:CPU widens
+    # bfloat16 only in the temporaries it computes with).
+    dt = jnp.dtype(cache_dtype or cfg.dtype).itemsize
     k = cfg.n_kv_heads
     per_slot = 2 * cfg.n_layers * k * cfg.head_dim * dt + 4  # keys, values, position
     shards_b = _shards(("batch",), (B,), rules, m)
