@@ -120,3 +120,27 @@ def test_launch_settings(monkeypatch):
     # One process: nothing to join, even when named explicitly.
     distributed.initialize(distributed.Launch("h:1", 1, 0))
     assert jax.process_count() == 1
+
+
+def test_stage_kinds_that_are_not_multi_process_correct_are_refused(two_processes, tmp_path,
+                                                                     monkeypatch):
+    """A multi-process study with an sft (or any non-RL) stage to run fails before any stage
+    runs or anything is written, naming the stage, its kind and what works; a study whose
+    only stage left to run is an RL stage (its sft stage finished) passes the check."""
+    from rlcot import stages, study
+    from tests.loop.test_loop import tiny_config
+    ran = []
+    for kind in stages.KINDS:
+        monkeypatch.setattr(stages.kind_module(kind), "run",
+                            lambda cfg, ctx, kind=kind: ran.append(kind) or {})
+    c = tiny_config(1)
+    c.stage_order = ("base", "dpo", "rl")
+    c.stages.dpo = stages.defaults("dpo", data={"dataset": "jsonl:pairs.jsonl"})
+    with pytest.raises(ValueError, match=r"stage\(s\) 'base' \(sft\), 'dpo' \(dpo\): stage "
+                                         r"kind\(s\) \['dpo', 'sft'\] do not run across 2 "
+                                         r"processes yet; only \['rl'\] stages do"):
+        study.run(c, tmp_path / "w")
+    assert ran == [] and not (tmp_path / "w").exists()
+    distributed.check_stage_kinds({"rl": "rl", "rl2": "rl"})
+    with pytest.raises(ValueError, match=r"'final' \(eval\)"):
+        distributed.check_stage_kinds({"rl": "rl", "final": "eval"})
