@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -101,8 +102,7 @@ def _wait(runs: dict[str, tuple[Path, list[subprocess.Popen], int]], deadline: f
         pytest.fail(failure)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, isolated_toy_cache):
+def _pair(root: Path, *variant: str) -> tuple[Path, Path]:
     """(one process x 8 devices, two processes x 4 devices stopped and resumed) directories,
     both runs at once (their compiles overlap their waits)."""
     sys.path.insert(0, str(WORKER.parent))
@@ -112,14 +112,18 @@ def runs(tmp_path_factory, isolated_toy_cache):
     from rlcot.toyworld.tokenizer import world_tokenizer
     # Train the toy tokenizer here, once: the processes read it from the cache.
     world_tokenizer(WorldConfig(**tiny_rl_config(STEPS).world))
-    root = tmp_path_factory.mktemp("multiprocess")
     one, two = root / "one", root / "two"
     t0 = time.monotonic()
-    _wait({"1x8": (one, _launch(one, 1), 0),
-           "2x4": (two, _launch(two, 2, "--stop_at", str(STOP_AT)), 0)},
+    _wait({"1x8": (one, _launch(one, 1, *variant), 0),
+           "2x4": (two, _launch(two, 2, "--stop_at", str(STOP_AT), *variant), 0)},
           time.monotonic() + TIMEOUT_S)
-    print(f"multi-process runs: {time.monotonic() - t0:.1f}s")
+    print(f"multi-process runs {variant}: {time.monotonic() - t0:.1f}s")
     return one, two
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, isolated_toy_cache):
+    return _pair(tmp_path_factory.mktemp("multiprocess"))
 
 
 def _rows(workdir: Path) -> list[dict]:
@@ -131,10 +135,12 @@ def _numbers(row: dict) -> dict:
             if not (k.startswith("time/") or k.endswith("_s") or "seconds" in k)}
 
 
-def test_two_processes_log_what_one_process_logs(runs):
-    one, two = runs
+def _same_metrics(one: Path, two: Path, first_step: int = 0) -> None:
+    """Two runs' metrics.jsonl rows: the same steps and keys, numbers equal (EXACT) or within
+    float32 rounding (see the module docstring)."""
     a, b = _rows(one / "w"), _rows(two / "w")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(STEPS + 1))
+    assert ([r["step"] for r in a] == [r["step"] for r in b]
+            == list(range(first_step, STEPS + 1)))
     assert any(r.get("grad_norm", 0.0) > 0 for r in a)  # the policy did learn something
     for ra, rb in zip(a, b):
         ra, rb = _numbers(ra), _numbers(rb)
@@ -147,8 +153,11 @@ def test_two_processes_log_what_one_process_logs(runs):
                                                                              va, rb[k])
 
 
-def test_two_processes_train_the_same_parameters(runs):
-    one, two = runs
+def test_two_processes_log_what_one_process_logs(runs):
+    _same_metrics(*runs)
+
+
+def _same_params(one: Path, two: Path) -> None:
     pa, pb = np.load(one / "params.npz"), np.load(two / "params.npz")
     assert sorted(pa.files) == sorted(pb.files)
     diff = np.concatenate([np.abs(pa[k] - pb[k]).ravel() for k in pa.files])
@@ -156,6 +165,10 @@ def test_two_processes_train_the_same_parameters(runs):
           f"{np.mean(diff > 1e-4 * LR):.2%} of elements over 1e-4 lr")
     assert diff.max() <= 0.1 * LR, diff.max()
     assert diff.mean() <= 1e-4 * LR, diff.mean()
+
+
+def test_two_processes_train_the_same_parameters(runs):
+    _same_params(*runs)
 
 
 def test_each_process_scores_its_own_block_of_the_global_batch(runs):
@@ -184,6 +197,89 @@ def test_process_zero_writes_the_files_and_the_run_resumed(runs):
         assert (w / name).is_file(), name
     assert sorted(p.name for p in (w / "checkpoints").iterdir()) == ["2", "3"]
     assert not list(w.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_value_model_lora_and_tensor_parallelism_across_processes(tmp_path, isolated_toy_cache):
+    """PPO with a value model (GAE advantages, the critic's own optimizer), LoRA adapters on
+    the frozen base and a (data, fsdp, tensor) = (1, 4, 2) mesh, so that each process's 4
+    devices hold 2 fsdp shards x 2 tensor shards of the weights: 2 x 4 devices, stopped and
+    resumed, against 1 x 8, as the GRPO tests compare. No KL term (see tiny_rl_config)."""
+    one, two = _pair(tmp_path, "--variant", "critic_lora_tp")
+    _same_metrics(one, two)
+    rows = _rows(two / "w")
+    assert any(r.get("critic_grad_norm", 0.0) > 0 for r in rows)
+    _same_params(one, two)  # the adapters (the train state's params with LoRA)
+    card = json.loads((two / "w" / "model.json").read_text())
+    assert card["lora"]["rank"] == 4  # process 0 marked the stage's model card
+
+
+@pytest.mark.slow
+def test_sft_stage_across_processes(tmp_path, isolated_toy_cache):
+    """The `sft` stage kind (rlcot.stages.sft: toy corpus, random-init model, 16 rows a step in
+    2 micro-batches, evaluated at the end) as 2 x 4 devices, stopped after step 2 and resumed,
+    against 1 x 8: each process collates only its block of each batch's rows, process 0
+    writes the files; same losses (rtol 1e-5), parameters and evaluation table."""
+    one, two = _pair(tmp_path, "--variant", "sft", "--stop_at", "2")
+    _same_metrics(one, two, first_step=1)
+    _same_params(one, two)
+    w = two / "w"
+    assert sorted(p.name for p in (w / "checkpoints").iterdir()) == ["2", "3"]
+    tables = [(d / "w" / "eval" / f"step{STEPS:06d}.md").read_text().splitlines()
+              for d in (one, two)]
+    strip = lambda t: [line.rsplit("|", 2)[0] for line in t]  # noqa: E731 (not the seconds)
+    assert strip(tables[0]) == strip(tables[1])
+    assert not list(w.rglob("*.tmp"))
+
+
+def _wait_for(paths: list[Path], procs: list[subprocess.Popen], deadline: float) -> None:
+    while not all(p.exists() for p in paths):
+        assert all(proc.poll() is None for proc in procs), [proc.poll() for proc in procs]
+        assert time.monotonic() < deadline, f"timed out waiting for {paths}"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_stops_all_at_one_step_and_a_relaunch_resumes(runs, tmp_path):
+    """A SIGTERM to each process (as a TPU pod maintenance event sends), while both are in the
+    second step's rollout: both stop at step 1 (the step is abandoned), both write the
+    step-1 checkpoint (orbax, together: checkpoint_every is 10, so the stop writes it) and
+    exit with EXIT_PREEMPTED; rlcot.preempt's handler took the signal (not jax's own
+    preemption notifier, see rlcot.distributed.initialize). A relaunch resumes from step 1 and
+    ends with the numbers of the uninterrupted one-process run."""
+    from rlcot import preempt
+    one, _ = runs
+    out = tmp_path / "sigterm"
+    t0 = time.monotonic()
+    deadline = t0 + TIMEOUT_S
+    procs = _launch(out, 2, "--signal_at", "2", "--checkpoint_every", "10")
+    try:
+        _wait_for([out / f"params.npz.ready{p}" for p in range(2)], procs, deadline)
+    except AssertionError:
+        for proc in procs:
+            proc.kill()
+        raise
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    _wait({"sigterm": (out, procs, preempt.EXIT_PREEMPTED)}, deadline)
+    t_stop = time.monotonic() - t0
+    stopped = [json.loads((out / f"params.npz.stopped{p}.json").read_text()) for p in range(2)]
+    assert stopped == [{"step": 1, "reason": "SIGTERM"}] * 2
+    w = out / "w"
+    assert sorted(p.name for p in (w / "checkpoints").iterdir()) == ["1"]
+    assert [r["step"] for r in _rows(w)] == [0, 1]
+    for p in range(2):
+        text = (out / f"log{p}").read_text()
+        assert "SIGTERM: stopping at the next step boundary" in text, p
+        assert "SIGTERM caught" not in text, p  # jax's preemption notifier would log this
+    _wait({"relaunch": (out, _launch(out, 2, "--checkpoint_every", "10"), 0)},
+          time.monotonic() + TIMEOUT_S)
+    print(f"SIGTERM run stopped after {t_stop:.1f}s, relaunch done after "
+          f"{time.monotonic() - t0:.1f}s")
+    assert json.loads((w / "summary.json").read_text())["resumed_from_step"] == 1
+    assert sorted(p.name for p in (w / "checkpoints").iterdir()) == ["1", str(STEPS)]
+    _same_metrics(one, out)
+    _same_params(one, out)
 
 
 def test_main_joins_the_processes_named_by_the_environment(tmp_path):
