@@ -302,7 +302,7 @@ def replicated_generate(generate: Callable, mesh: jax.sharding.Mesh) -> Callable
 # against one process (tests/loop/test_multiprocess.py). The other kinds were written for one
 # process (e.g. they device_put a whole host batch onto the mesh and every process writes the
 # stage's files), so a multi-process study refuses them before anything runs.
-MULTI_PROCESS_KINDS = ("rl", "sft")
+MULTI_PROCESS_KINDS = ("rl", "sft", "dpo")
 
 
 def check_stage_kinds(kinds: dict[str, str]) -> None:

@@ -14,7 +14,9 @@ resumes from that checkpoint (a new launch would do the same, compiling everythi
 has received a signal (SIGTERM from the test: rlcot.preempt's handler, installed around the
 stage as rlcot.study does); the loop then stops every process, writes the checkpoint of the
 step before and the process exits with rlcot.preempt.EXIT_PREEMPTED after writing
-OUT.stoppedP.json ({"step", "reason"}). --variant: the configuration (tiny_rl_config).
+OUT.stoppedP.json ({"step", "reason"}). --variant: the configuration: an RL stage
+(tiny_rl_config), or the sft / dpo stage kind (tiny_sft_values, tiny_dpo_values; --stop_at K
+then stops after the K-th optimizer step of sft, and is ignored by dpo, which has no stop check).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 # JAX_PLATFORMS=cpu in the environment.
 
 
-VARIANTS = ("grpo", "critic_lora_tp", "sft")
+VARIANTS = ("grpo", "critic_lora_tp", "sft", "dpo")
 
 
 def tiny_rl_config(steps: int, variant: str = "grpo"):
@@ -78,6 +80,28 @@ def tiny_sft_values(steps: int) -> dict:
                 train=dict(steps=steps, batch_size=16, log_every=1, checkpoint_every=1),
                 eval=dict(datasets=("toyworld:test:4",), template="r1_zero", instruction="",
                           max_new_tokens=8, batch_size=4))
+
+
+def tiny_dpo_values(steps: int, pairs: str) -> dict:
+    """The `dpo` stage kind on `pairs` (write_toy_pairs), otherwise as tiny_sft_values."""
+    values = tiny_sft_values(steps)
+    values["data"] = dict(dataset=f"jsonl:{pairs}", limit=64)
+    return values
+
+
+def write_toy_pairs(path: Path, world: dict) -> None:
+    """Preference pairs from the toy corpus: a document's completion is chosen, the next
+    document's rejected (written atomically: every process writes the same file)."""
+    import os
+
+    from rlcot.toyworld.corpus import WorldConfig, build_corpus
+    docs = build_corpus(WorldConfig(**world), 80)
+    lines = [json.dumps({"prompt": d.prompt, "chosen": d.completion,
+                         "rejected": docs[(i + 1) % len(docs)].completion})
+             for i, d in enumerate(docs)]
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 def main() -> int:
@@ -133,13 +157,19 @@ def main() -> int:
 
     rollout.collect = collect_and_stop
 
-    if args.variant == "sft":
+    if args.variant in ("sft", "dpo"):
         from rlcot import sft
+        from rlcot.stages import dpo as dpo_stage
         from rlcot.stages import sft as sft_stage
         from rlcot.study import StageContext
+        stage = sft_stage
         values = tiny_sft_values(args.steps)
+        if args.variant == "dpo":
+            stage, pairs = dpo_stage, Path(args.workdir).parent / "pairs.jsonl"
+            values = tiny_dpo_values(args.steps, str(pairs))
+            write_toy_pairs(pairs, values["world"])
         values["train"]["checkpoint_every"] = args.checkpoint_every
-        cfg = sft_stage.resolve(values)
+        cfg = stage.resolve(values)
         Path(args.workdir).mkdir(parents=True, exist_ok=True)  # as rlcot.study makes it
         ctx = StageContext("sft", Path(args.workdir), Path(args.workdir).parent,
                            sources.Resolver(world=cfg.world))
@@ -160,7 +190,7 @@ def main() -> int:
 
         def run() -> None:
             with preempt.on_signals():
-                sft_stage.run(cfg, ctx)
+                stage.run(cfg, ctx)
     else:
         config = tiny_rl_config(args.steps, args.variant)
         config.train.checkpoint_every = args.checkpoint_every
