@@ -334,3 +334,35 @@ def test_main_joins_the_processes_named_by_the_environment(tmp_path):
             if proc.poll() is None:
                 proc.kill()
     assert outs == [["2", "0", "4"], ["2", "1", "4"]]
+
+
+def test_a_sigterm_before_rlcots_handlers_is_not_swallowed_by_jax(tmp_path):
+    """jax.distributed's preemption service (on by default) installs a SIGTERM handler that
+    only logs "SIGTERM caught": a SIGTERM between joining and rlcot.preempt's handlers was
+    lost and the run went on to its end. rlcot.distributed.initialize turns that service off:
+    such a SIGTERM now ends the process as SIGTERM does (rlcot.main installs its handlers
+    before joining, so there it requests a stop)."""
+    code = ("from absl import flags; import rlcot.main as m; flags.FLAGS(['main']); "
+            "m._maybe_init_distributed(); import jax, os, signal, time; "
+            "from rlcot import distributed; distributed.sync('joined'); "
+            "print(jax.process_count(), flush=True); os.kill(os.getpid(), signal.SIGTERM); "
+            "time.sleep(20); print('survived', flush=True)")
+    port = _free_port()
+    procs = []
+    for p in range(2):
+        env = _env(1)
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(p))
+        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            # Ended by its SIGTERM, or aborted by jax once the other process (process 0 holds
+            # the coordination service) has ended: either way it did not go on.
+            assert "survived" not in out and proc.returncode != 0, (out, err[-2000:])
+            assert "SIGTERM caught" not in err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
