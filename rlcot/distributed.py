@@ -92,6 +92,13 @@ def initialize(launch: Launch, *, timeout_s: int = 300) -> None:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.config.update("jax_cpu_enable_async_dispatch", False)
+    # jax.distributed otherwise starts its preemption service, whose C++ notifier takes over
+    # SIGTERM: a SIGTERM that arrives before rlcot.preempt installs its handlers (loading,
+    # compiling) is then only logged ("SIGTERM caught") and the run goes on to its end, as
+    # nothing here asks multihost_utils.reached_preemption_sync_point; which handler got a
+    # SIGTERM depended on when it came. rlcot.preempt is the one handler: every process
+    # records the signal and the loops agree on a stop with stop_requested's all-gather.
+    jax.config.update("jax_enable_preemption_service", False)
     if launch.explicit:
         jax.distributed.initialize(launch.coordinator_address, launch.num_processes,
                                    launch.process_id, initialization_timeout=timeout_s)
@@ -288,6 +295,30 @@ def replicated_generate(generate: Callable, mesh: jax.sharding.Mesh) -> Callable
             if isinstance(getattr(out, f.name), jax.Array)})
 
     return run
+
+
+# Stage kinds (rlcot.stages) that run correctly with several processes: their drivers load
+# per-process blocks, build global arrays, write files on process 0 only and are tested
+# against one process (tests/loop/test_multiprocess.py). The other kinds were written for one
+# process (e.g. they device_put a whole host batch onto the mesh and every process writes the
+# stage's files), so a multi-process study refuses them before anything runs.
+MULTI_PROCESS_KINDS = ("rl", "sft", "dpo")
+
+
+def check_stage_kinds(kinds: dict[str, str]) -> None:
+    """With several processes, every stage about to run ({name: kind}) must be of a kind in
+    MULTI_PROCESS_KINDS; raises naming the others (no-op with one process)."""
+    H = jax.process_count()
+    if H == 1:
+        return
+    bad = {name: kind for name, kind in kinds.items() if kind not in MULTI_PROCESS_KINDS}
+    if bad:
+        listed = ", ".join(f"{name!r} ({kind})" for name, kind in bad.items())
+        raise ValueError(
+            f"stage(s) {listed}: stage kind(s) {sorted(set(bad.values()))} do not run across "
+            f"{H} processes yet; only {list(MULTI_PROCESS_KINDS)} stages do. Run these stages "
+            f"as one process (one host: all its devices; --stage NAME runs one stage), then the "
+            f"multi-process stages with --stage")
 
 
 def check_run(mesh: jax.sharding.Mesh, rows: jax.sharding.Sharding, *, batch_prompts: int,

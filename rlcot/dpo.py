@@ -282,6 +282,9 @@ def reference_logps(graphdef: Any, params: Any, toks: PairTokens, *, batch_size:
         full = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
         b = collate_pairs(toks, full, pad_id=pad_id, eos_id=eos_id,
                           length_multiple=length_multiple)
-        c, r = jax.device_get(fn(params, put(b) if put is not None else b))
+        # gather_array: with several processes the log-probs are a global array whose rows
+        # live on every process's devices (device_get reads only addressable arrays).
+        from rlcot.distributed import gather_array
+        c, r = (gather_array(x) for x in fn(params, put(b) if put is not None else b))
         out_c[idx], out_r[idx] = c[:len(idx)], r[:len(idx)]
     return out_c, out_r

@@ -88,7 +88,10 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     if rc.learner.value is not None:
         critic_graphdef, critic_params = init_value_params(
             policy.cfg, rc.seed, mesh=mesh, body_params=policy.params)
-    base, trained = lora.start(rc.learner.lora, policy.params, rc.seed, workdir, mesh)
+    # Only process 0 writes (and marks) model.json: another process would read it while process
+    # 0 may still be writing it, and write it again.
+    base, trained = lora.start(rc.learner.lora, policy.params, rc.seed,
+                               workdir if primary else None, mesh)
     policy_params = lambda s: s.params  # noqa: E731
     if base is not None:  # LoRA: the state trains adapters; the frozen base is the KL reference
         merge = lora.make_merge_fn(rc.learner.lora, base, mesh=mesh)

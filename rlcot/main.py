@@ -123,16 +123,21 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
     _quiet_logging()
-    _maybe_init_distributed()
     config, workdir = _CONFIG.value, _WORKDIR.value
     if command == "run":
         from rlcot import preempt
-        from rlcot.study import run
-        try:
-            run(config, workdir, only=_STAGE.value)
-        except preempt.Preempted:
-            sys.exit(preempt.EXIT_PREEMPTED)
+        # rlcot.preempt's handlers from the start (the study's own block inside does nothing
+        # more): a SIGTERM while jax starts, loads or compiles is recorded and the study stops
+        # before its next stage, on every process, instead of killing this one process.
+        with preempt.on_signals():
+            _maybe_init_distributed()
+            from rlcot.study import run
+            try:
+                run(config, workdir, only=_STAGE.value)
+            except preempt.Preempted:
+                sys.exit(preempt.EXIT_PREEMPTED)
     else:
+        _maybe_init_distributed()
         from rlcot.evaluation.cli import run_eval
         run_eval(config, workdir, stage=_STAGE.value)
 

@@ -197,6 +197,12 @@ def run(config: Any, workdir: str | Path, only: str | None = None) -> dict[str, 
     if only is not None and only not in p.order:
         raise KeyError(f"--stage {only!r}: no such stage; stages: {list(p.order)}")
     workdir = Path(workdir)
+    from rlcot import distributed
+    # Before anything is written or compiled: with several processes, only the stage kinds
+    # that are multi-process correct may run (finished stages are skipped, so they may be any).
+    distributed.check_stage_kinds({
+        st.name: st.kind for st in p.stages
+        if (only is None or st.name == only) and not sources.is_finished(workdir / st.name)})
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", run_config._plain(config))
     world = next((getattr(s.cfg, "world", None) for s in p.stages), None)

@@ -175,13 +175,16 @@ def make_merge_fn(cfg: LoraConfig, base_like: Any, *, mesh: jax.sharding.Mesh | 
     return jax.jit(fn, out_shardings=sh)
 
 
-def start(cfg: LoraConfig, params: Any, seed: int, stage_dir: str | Path,
+def start(cfg: LoraConfig, params: Any, seed: int, stage_dir: str | Path | None,
           mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any]:
     """(base, trained) for a stage that trains a policy: without LoRA (None, params); with it
-    (params, fresh adapters), and the stage's model.json marked as holding adapters."""
+    (params, fresh adapters), and the stage's model.json marked as holding adapters.
+    stage_dir None: write nothing (processes other than 0 of a multi-process run, which do not
+    write the workdir; process 0 writes model.json and marks it)."""
     if not cfg.enabled:
         return None, params
-    write_card(stage_dir, cfg)
+    if stage_dir is not None:
+        write_card(stage_dir, cfg)
     adapters = init_adapters(cfg, params, seed, mesh=mesh)
     n, n_base = (sum(math.prod(x.shape) for x in jax.tree.leaves(t)) for t in (adapters, params))
     log.info("LoRA rank %d on %s: %d adapter parameters (%.1f%% of the base's %d)", cfg.rank,

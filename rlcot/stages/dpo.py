@@ -148,7 +148,7 @@ def load_pairs(data: DPOData, study_dir: Path | None
     return [(r["prompt"], r["chosen"], r["rejected"]) for r in rows], skipped
 
 
-def _load_or_compute_reference(path: Path, key: str, compute: Any
+def _load_or_compute_reference(path: Path, key: str, compute: Any, write: bool = True
                                ) -> tuple[np.ndarray, np.ndarray, bool]:
     from rlcot.toyworld.cache import write_atomic
     if path.is_file():
@@ -159,9 +159,10 @@ def _load_or_compute_reference(path: Path, key: str, compute: Any
                                  f"to start the stage again")
             return z["chosen"], z["rejected"], True
     chosen, rejected = compute()
-    buf = io.BytesIO()
-    np.savez(buf, key=np.array(key), chosen=chosen, rejected=rejected)
-    write_atomic(path, buf.getvalue())
+    if write:  # (several processes: all compute them together, process 0 writes the file)
+        buf = io.BytesIO()
+        np.savez(buf, key=np.array(key), chosen=chosen, rejected=rejected)
+        write_atomic(path, buf.getvalue())
     return chosen, rejected, False
 
 
@@ -174,7 +175,7 @@ def _window_row(window: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
-    from rlcot import world_setup
+    from rlcot import distributed, world_setup
     from rlcot.checkpoint import Checkpointer
     from rlcot.rl.logprobs import batch_sharding, row_shards
     from rlcot.rl.state import train_state_shardings
@@ -183,10 +184,16 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     from rlcot.workdir import MetricsWriter, Progress, read_metrics, write_json
 
     workdir = Path(ctx.dir)
-    write_json(workdir / "config.json", dataclasses.asdict(cfg))
+    # Several processes (rlcot.distributed): every process reads the pairs and builds the same
+    # batch order; each puts only its block of each batch's pairs into the global batch,
+    # process 0 alone writes the stage's files, all take part in checkpoints and evaluation.
+    primary, multi = distributed.is_primary(), distributed.multi()
+    if primary:
+        write_json(workdir / "config.json", dataclasses.asdict(cfg))
     mesh = cfg.mesh.make()
     t_start = time.perf_counter()
-    policy = ctx.resolver.load_policy(cfg.model, mesh=mesh, seed=cfg.seed, stage_dir=workdir)
+    policy = ctx.resolver.load_policy(cfg.model, mesh=mesh, seed=cfg.seed,
+                                      stage_dir=workdir if primary else None)
     tok = policy.tokenizer
 
     # ---- Pairs and their reference log-probs ------------------------------------------------
@@ -207,7 +214,17 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     m = cfg.train.length_multiple
 
     def put(b):
-        return jax.device_put(b, rows) if len(b["ref_chosen_logp_B"]) % shards == 0 else b
+        """A pair batch (every process collates all of it: the padded width is the batch's
+        widest) onto the mesh: pairs over the batch shards when they split evenly (each
+        process gives its block, distributed.to_global), else replicated."""
+        n = len(b["ref_chosen_logp_B"])
+        if n % shards:
+            return jax.tree.map(lambda x: distributed.replicated(x, mesh), b) if multi else b
+        if not multi:
+            return jax.device_put(b, rows)
+        distributed.check_row_blocks(rows, n)
+        block = distributed.local_block(n)
+        return distributed.to_global(jax.tree.map(lambda x: x[block], b), rows)
 
     ref_source = cfg.model.reference or cfg.model.source
 
@@ -233,7 +250,7 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     t_ref = time.perf_counter()
     ref_key = content_key(ref_source, toks.digest(), cfg.train.batch_size, m)
     ref_c, ref_r, ref_stored = _load_or_compute_reference(workdir / REFERENCE_FILE, ref_key,
-                                                          compute_reference)
+                                                          compute_reference, write=primary)
     reference_s = time.perf_counter() - t_ref
 
     # ---- Optimizer, resume -----------------------------------------------------------------
@@ -247,7 +264,8 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     step_fn = dpo.make_train_step(optimizer, cfg.loss, opt_cfg.micro_batches, opt_cfg.remat)
     # Scalars (Adam's count) replicated on the mesh like the rest, so a restored state is
     # placed where the step expects it.
-    base, trained = lora.start(cfg.lora, policy.params, cfg.seed, workdir, mesh)
+    base, trained = lora.start(cfg.lora, policy.params, cfg.seed,
+                               workdir if primary else None, mesh)
     # LoRA: the adapters are trained; the base stays frozen.
     state = sft.OptimizerState(trained, optimizer.init(trained))
     state = jax.device_put(state, train_state_shardings(state, mesh))
@@ -263,7 +281,7 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     schedule = sft.learning_rate_schedule(opt_cfg)
 
     # ---- The loop ---------------------------------------------------------------------------
-    writer = MetricsWriter(workdir, resume_step=start if restored else None)
+    writer = MetricsWriter(workdir, resume_step=start if restored else None, active=primary)
     progress = Progress(steps, initial=start, keys=("loss", "rewards/accuracies"),
                         desc=ctx.name)
     t_train, last = time.perf_counter(), {}
@@ -297,7 +315,7 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     progress.close()
     params = jax.block_until_ready(params)
     train_s = time.perf_counter() - t_train
-
+    distributed.sync("dpo metrics written")  # process 0's metrics.jsonl, read by every process
     rows_ = read_metrics(workdir)
     final = {k: v for k, v in (rows_[-1] if rows_ else {}).items()
              if k != "step" and not k.startswith("time/")}
@@ -312,6 +330,8 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
         from rlcot.sampling import Sampler
         sampler = Sampler(policy.cfg, lora.policy_weights(cfg.lora, base, params),
                           tokenizer=tok, mesh=mesh)
+        generate = distributed.replicated_generate(sampler.generate, mesh)
         info["eval_after"] = {k[len("eval/"):]: v for k, v in world_setup.evaluate_at(
-            steps, sampler.generate, tok, eval_sets, eval_cfg, cfg.seed, workdir).items()}
+            steps, generate, tok, eval_sets, eval_cfg, cfg.seed,
+            workdir if primary else None).items()}
     return {**info, "wall_time_s": round(time.perf_counter() - t_start, 2)}

@@ -280,7 +280,7 @@ def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
 
 
 def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
-    from rlcot import preempt, sources, world_setup
+    from rlcot import distributed, preempt, sources, world_setup
     from rlcot.checkpoint import Checkpointer
     from rlcot.rl.logprobs import batch_sharding, row_shards
     from rlcot.sharding import TRAIN_RULES, state_shardings
@@ -288,10 +288,20 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     from rlcot.workdir import MetricsWriter, Progress, read_metrics, write_json
 
     workdir = Path(ctx.dir)
-    write_json(workdir / "config.json", dataclasses.asdict(cfg))
+    # Several processes (rlcot.distributed): every process builds the same batch order; each
+    # collates only its block of each batch's rows into the global batch, process 0 alone
+    # writes the stage's files, and all take part in each checkpoint and in the evaluation.
+    primary, multi = distributed.is_primary(), distributed.multi()
+    if multi and cfg.train.cache:
+        raise ValueError(f"stage {ctx.name}: train.cache is not supported with "
+                         f"{jax.process_count()} processes (the cache entry is one host's "
+                         f"file); set train.cache=False or run one process")
+    if primary:
+        write_json(workdir / "config.json", dataclasses.asdict(cfg))
     mesh = cfg.mesh.make()
     t_start = time.perf_counter()
-    policy = ctx.resolver.load_policy(cfg.model, mesh=mesh, seed=cfg.seed, stage_dir=workdir)
+    policy = ctx.resolver.load_policy(cfg.model, mesh=mesh, seed=cfg.seed,
+                                      stage_dir=workdir if primary else None)
     tok = policy.tokenizer
     steps = cfg.train.steps
     info: dict[str, Any] = {"steps": steps, "seed": cfg.seed,
@@ -336,7 +346,8 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
         opt_cfg = dataclasses.replace(opt_cfg, total_steps=steps)
     optimizer = sft.make_optimizer(opt_cfg)
     step_fn = sft.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat)
-    base, trained = lora.start(cfg.lora, policy.params, cfg.seed, workdir, mesh)
+    base, trained = lora.start(cfg.lora, policy.params, cfg.seed,
+                               workdir if primary else None, mesh)
     # LoRA: the adapters are trained; the base stays frozen.
     state = sft.OptimizerState(trained, optimizer.init(trained))
     # Everything onto the mesh (the optimizer's step count lands on one device otherwise), so
@@ -357,20 +368,33 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     shards = row_shards(mesh)
     rows = batch_sharding(mesh)
     m, k = cfg.train.length_multiple, cfg.train.short_rows
+    H = jax.process_count()
 
     def collate(idx):
+        # Rows over the batch shards when they split evenly (each process collates its block,
+        # distributed.to_global), else replicated on every device (the host batch itself with
+        # one process; with several, every process collates all rows: a global array must be
+        # made from each process's own part).
+        sharded = len(idx) % shards == 0
+        if multi and sharded:
+            distributed.check_row_blocks(rows, len(idx))
+            part = idx[distributed.local_block(len(idx))]
+        else:
+            part = idx
         if packed:  # idx: rows of example indices
-            b = sft.collate_packed([[(prompts[j], completions[j]) for j in row] for row in idx],
+            b = sft.collate_packed([[(prompts[j], completions[j]) for j in row] for row in part],
                                    width=cfg.train.pack_length, pad_id=tok.pad_id,
                                    eos_id=tok.eos_id)
-            return jax.device_put(b, rows) if len(idx) % shards == 0 else b
-        width = -(-int(lengths[idx].max()) // m) * m
-        b = sft.collate([(prompts[j], completions[j]) for j in idx], pad_id=tok.pad_id,
-                        eos_id=tok.eos_id, length=width)
-        return jax.device_put(b, rows) if len(idx) % shards == 0 else b
+        else:
+            width = -(-int(lengths[idx].max()) // m) * m  # over all rows: the same everywhere
+            b = sft.collate([(prompts[j], completions[j]) for j in part], pad_id=tok.pad_id,
+                            eos_id=tok.eos_id, length=width)
+        if sharded:
+            return distributed.to_global(b, rows)
+        return jax.tree.map(lambda x: distributed.replicated(x, mesh), b) if H > 1 else b
 
     # ---- The loop ---------------------------------------------------------------------------
-    writer = MetricsWriter(workdir, resume_step=start if restored else None)
+    writer = MetricsWriter(workdir, resume_step=start if restored else None, active=primary)
     progress = Progress(steps, initial=start, keys=("loss",), desc=ctx.name)
     # recent: the metrics of the steps since the last logged row (their mean is the next row),
     # kept in every checkpoint so that a resumed stage logs the same means.
@@ -419,6 +443,7 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     close()
     params = jax.block_until_ready(params)
     train_s = time.perf_counter() - t_train
+    distributed.sync("sft metrics written")  # process 0's metrics.jsonl, read by every process
     rows_ = read_metrics(workdir)
     info.update({"train_s": round(train_s, 2), "examples": len(prompts), "skipped": skipped,
                  "final_loss": rows_[-1]["loss"] if rows_ else None,
@@ -431,8 +456,10 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
         from rlcot.sampling import Sampler
         sampler = Sampler(policy.cfg, lora.policy_weights(cfg.lora, base, params),
                           tokenizer=tok, mesh=mesh)
+        generate = distributed.replicated_generate(sampler.generate, mesh)
         info["eval_after"] = {k[len("eval/"):]: v for k, v in world_setup.evaluate_at(
-            steps, sampler.generate, tok, eval_sets, eval_cfg, cfg.seed, workdir).items()}
+            steps, generate, tok, eval_sets, eval_cfg, cfg.seed,
+            workdir if primary else None).items()}
     if entry is not None:
         # Parameters and metrics first, info last: info.json marks a complete entry.
         cache.save_params(entry / "params.npz", params)

@@ -120,3 +120,27 @@ def test_launch_settings(monkeypatch):
     # One process: nothing to join, even when named explicitly.
     distributed.initialize(distributed.Launch("h:1", 1, 0))
     assert jax.process_count() == 1
+
+
+def test_stage_kinds_that_are_not_multi_process_correct_are_refused(two_processes, tmp_path,
+                                                                     monkeypatch):
+    """A multi-process study with a stage of another kind than rl, sft and dpo to run (here
+    eval) fails before any stage runs or anything is written, naming the stage, its kind and
+    what works."""
+    from rlcot import stages, study
+    from tests.loop.test_loop import tiny_config
+    ran = []
+    for kind in stages.KINDS:
+        monkeypatch.setattr(stages.kind_module(kind), "run",
+                            lambda cfg, ctx, kind=kind: ran.append(kind) or {})
+    c = tiny_config(1)
+    c.stage_order = ("base", "rl", "final")
+    c.stages.final = stages.defaults("eval")
+    with pytest.raises(ValueError, match=r"stage\(s\) 'final' \(eval\): stage kind\(s\) "
+                                         r"\['eval'\] do not run across 2 processes yet; only "
+                                         r"\['rl', 'sft', 'dpo'\] stages do"):
+        study.run(c, tmp_path / "w")
+    assert ran == [] and not (tmp_path / "w").exists()
+    distributed.check_stage_kinds({"base": "sft", "rl": "rl"})
+    with pytest.raises(ValueError, match=r"'rm' \(reward_model\)"):
+        distributed.check_stage_kinds({"rl": "rl", "rm": "reward_model"})
