@@ -294,21 +294,13 @@ def activation_units(cfg: ModelConfig, rows: int, length: int, *, logprob_chunk:
                      platform: str = "tpu") -> dict[str, int]:
     """The unit tensors' bytes of `activation_bytes` (what bench/memory_fit.py fits against).
 
-    `mlp` rows are divided by the data axis only: with FSDP the compiled step contracts the
-    MLP over the fsdp-sharded embedding dimension and keeps its [b, T, mlp] activations for
-    the whole fsdp group's rows (XLA's SPMD choice, seen in its buffer assignment), whereas
-    the attention tensors stay batch-sharded. `sandwich` (Gemma 3's post-attention and
-    post-MLP norms) and `local` (sliding-window layers' own mask and RoPE tables) are 0 for
-    models without them."""
+    Every unit is per device: rows over the batch axes (the decoder pins its activations
+    there, rlcot.sharding.constrain), heads, MLP units and vocabulary over the tensor axis.
+    `sandwich` (Gemma 3's post-attention and post-MLP norms) and `local` (sliding-window
+    layers' own mask and RoPE tables) are 0 for models without them."""
     m = MeshShape.of(mesh)
     full = m.size * 1024  # a row count every batch axis divides: the mesh's batch shards
     b = max(1, -(-rows // _shards(("batch",), (full,), rules, m)))
-    no_fsdp = {k: v for k, v in rules.items()}
-    no_fsdp["batch"] = tuple(a for a in ((rules["batch"],) if isinstance(rules["batch"], str)
-                                         else rules["batch"] or ()) if a != "fsdp")
-    embed_sharded = _shards(("embed",), (cfg.d_model,), rules, m) > 1
-    b_mlp = (max(1, -(-rows // _shards(("batch",), (full,), no_fsdp, m))) if embed_sharded
-             else b)
     act = compute_itemsize(cfg.dtype, platform)
     n = _axis_shard(cfg.n_heads, "heads", rules, m)
     k = _axis_shard(cfg.n_kv_heads, "kv_heads", rules, m)
@@ -318,7 +310,7 @@ def activation_units(cfg: ModelConfig, rows: int, length: int, *, logprob_chunk:
     chunk = min(logprob_chunk, max(T - 1, 1))
     embed = b * T * cfg.d_model * act
     scores = b * n * T * T * 4
-    return {"scores": scores, "mlp": b_mlp * T * f * act, "embed": embed,
+    return {"scores": scores, "mlp": b * T * f * act, "embed": embed,
             "qkv": b * T * (n + 2 * k) * cfg.head_dim * act, "logits": b * chunk * v * 4,
             "sandwich": embed if cfg.sandwich_norms else 0,
             "local": scores if any(cfg.local_layers) else 0}

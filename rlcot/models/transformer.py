@@ -19,7 +19,11 @@ from flax import nnx
 
 from rlcot.models.config import ModelConfig
 from rlcot.models.rope import apply_rope, rope_tables
+from rlcot.sharding import constrain
 
+# The residual stream's logical axes: rows over the batch axes, d_model whole (not FSDP's
+# `embed` axis: see rlcot.sharding.constrain).
+ACT_EMBED = ("batch", "length", None)
 _NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -194,9 +198,10 @@ class Blocks(nnx.Module):
             act_BxTxF = jax.nn.silu(gate_BxTxF)
         else:
             act_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True)
-        mlp_BxTxD = jnp.einsum("btf,fd->btd", act_BxTxF * up_BxTxF, self.down[...].astype(dt))
+        hidden_BxTxF = constrain(act_BxTxF * up_BxTxF, ("batch", "length", "mlp"))
+        mlp_BxTxD = jnp.einsum("btf,fd->btd", hidden_BxTxF, self.down[...].astype(dt))
         if lora is not None:
-            mlp_BxTxD += lora_delta(lora, "down", act_BxTxF * up_BxTxF, mlp_BxTxD.shape)
+            mlp_BxTxD += lora_delta(lora, "down", hidden_BxTxF, mlp_BxTxD.shape)
         if cfg.sandwich_norms:
             mlp_BxTxD = rms_norm(mlp_BxTxD, self.post_mlp_norm[...], eps, off)
         return x_BxTxD + mlp_BxTxD
@@ -266,7 +271,7 @@ def embed_tokens(cfg: ModelConfig, embed_VxD: jax.Array, tokens_BxT: jax.Array) 
     if cfg.embed_scale:  # Gemma rounds sqrt(d) to the parameter dtype first
         scale = jnp.asarray(math.sqrt(cfg.d_model), cfg.weight_dtype).astype(cfg.compute_dtype)
         x_BxTxD = x_BxTxD * scale
-    return x_BxTxD
+    return constrain(x_BxTxD, ACT_EMBED)
 
 
 def unembed(cfg: ModelConfig, h_BxTxD: jax.Array, embed_VxD: jax.Array,
@@ -278,6 +283,7 @@ def unembed(cfg: ModelConfig, h_BxTxD: jax.Array, embed_VxD: jax.Array,
     else:
         logits_BxTxV = jnp.einsum("btd,dv->btv", h_BxTxD, lm_head_DxV.astype(h_BxTxD.dtype),
                                   preferred_element_type=jnp.float32)
+    logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
     if cfg.final_logit_softcap:
         logits_BxTxV = jnp.tanh(logits_BxTxV / cfg.final_logit_softcap) * cfg.final_logit_softcap
     return logits_BxTxV
@@ -349,6 +355,7 @@ class Transformer(nnx.Module):
             layer_lora = None if adapters is None else (adapters, lora[1])
             x_BxTxD, (k_BxSxKxH, v_BxSxKxH) = block.layer(cfg, x_BxTxD, cos, sin, mask, kv, index,
                                                           layer_lora)
+            x_BxTxD = constrain(x_BxTxD, ACT_EMBED)
             if kv_all is not None:
                 kv_all = (jax.lax.dynamic_update_index_in_dim(kv_all[0], k_BxSxKxH, i, 0),
                           jax.lax.dynamic_update_index_in_dim(kv_all[1], v_BxSxKxH, i, 0))

@@ -22,7 +22,8 @@ from rlcot.models.transformer import split_adapted
 from rlcot.rl.packing import (PACKING_MODES, needed_positions, packed_inputs, plan_packing,
                               take_queries, to_host, unpack)
 from rlcot.rl.losses import entropy_from_logits
-from rlcot.sharding import TRAIN_RULES, logical_to_spec, state_shardings
+from rlcot.sharding import (TRAIN_RULES, logical_to_spec, state_shardings,
+                            with_activation_sharding)
 
 
 def _chunk_stats(logits_fn: Callable[[jax.Array], jax.Array], h_NxCxD: jax.Array,
@@ -140,6 +141,7 @@ def sharded_forward(fn: Callable, params_like: Any, mesh: Mesh | None,
         return jax.jit(fn, compiler_options=compiler_options)
     params_sh = state_shardings(params_like, mesh, rules)
     rows = batch_sharding(mesh, rules)
+    fn = with_activation_sharding(fn, mesh, rules)
     return jax.jit(fn, in_shardings=(params_sh, rows, rows, rows), out_shardings=rows,
                    compiler_options=compiler_options)
 
@@ -204,7 +206,8 @@ def packed_pass(fn: Callable, params_like: Any, mesh: Mesh | None, rules: Any,
         jitted = jax.jit(fn, compiler_options=compiler_options)
     else:
         rows = batch_sharding(mesh, rules)
-        jitted = jax.jit(fn, in_shardings=(state_shardings(params_like, mesh, rules), rows,
+        jitted = jax.jit(with_activation_sharding(fn, mesh, rules),
+                         in_shardings=(state_shardings(params_like, mesh, rules), rows,
                                            rows, rows, NamedSharding(mesh, PartitionSpec())),
                          out_shardings=rows, compiler_options=compiler_options)
     shards = row_shards(mesh, rules)

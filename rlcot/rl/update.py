@@ -45,7 +45,8 @@ from rlcot.rl.optim import make_optimizer, make_schedule
 from rlcot.rl.state import TrainState, UpdateConfig, train_state_shardings
 from rlcot.rl.packing import PackPlan, plan_packing, to_host
 from rlcot.rl.value import packed_value_forward, value_forward
-from rlcot.sharding import TRAIN_RULES, logical_to_spec, state_shardings
+from rlcot.sharding import (TRAIN_RULES, logical_to_spec, state_shardings,
+                            with_activation_sharding)
 
 _PER_TOKEN = ("adv", "logp_old", "logp_ref", "logp_sampler", "values_old", "returns")
 
@@ -393,7 +394,8 @@ def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: Trai
     if cfg.lora.enabled != (base_params is not None):
         raise ValueError(f"learner.lora.enabled is {cfg.lora.enabled}: base_params must be "
                          f"given exactly when it is True")
-    fn = functools.partial(_update, graphdef, critic_graphdef, cfg, mesh, rules)
+    fn = with_activation_sharding(
+        functools.partial(_update, graphdef, critic_graphdef, cfg, mesh, rules), mesh, rules)
     if mesh is None:
         step = jax.jit(fn, donate_argnums=0, compiler_options=compiler_options)
     else:
