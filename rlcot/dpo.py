@@ -46,6 +46,7 @@ import optax
 
 from rlcot.models.lora import Adapted
 from rlcot.sft import collate, token_nll
+from rlcot.sharding import TRAIN_RULES, with_activation_sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +197,8 @@ def loss_and_grads(graphdef: Any, params: Any, batch: Any, loss: DPOLoss,
 
 
 def make_train_step(optimizer: optax.GradientTransformation, loss: DPOLoss,
-                    micro_batches: int = 1, remat: bool = False) -> Callable:
+                    micro_batches: int = 1, remat: bool = False,
+                    mesh: Any = None) -> Callable:
     """A jitted `(graphdef, params, opt_state, batch[, base, lora_scale]) -> (params,
     opt_state, metrics)`; graphdef is static, params and opt_state are donated. metrics: loss,
     the pair metrics of the module docstring, pairs, grad_norm (before clipping). With `base`,
@@ -210,7 +212,9 @@ def make_train_step(optimizer: optax.GradientTransformation, loss: DPOLoss,
         return params, opt_state, {"loss": value, **metrics,
                                    "grad_norm": optax.tree.norm(grads)}
 
-    return jax.jit(step, static_argnums=0, donate_argnums=(1, 2))
+    # mesh: the decoder's activations pinned to the batch axes (rlcot.sharding.constrain).
+    return jax.jit(with_activation_sharding(step, mesh, TRAIN_RULES), static_argnums=0,
+                   donate_argnums=(1, 2))
 
 
 # ---- pairs as token ids and batches ------------------------------------------------------------

@@ -27,6 +27,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from rlcot.sharding import TRAIN_RULES, with_activation_sharding
+
 NORMALIZE = ("none", "reference", "batch")
 
 
@@ -95,7 +97,7 @@ def _pair_rewards(graphdef, params, batch, remat):
 
 
 def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int = 1,
-                    remat: bool = False) -> Callable:
+                    remat: bool = False, mesh: Any = None) -> Callable:
     """A jitted `(graphdef, params, opt_state, batch) -> (params, opt_state, metrics)` on
     rlcot.dpo.collate_pairs batches (plus `weight_B`); the loss is the mean Bradley-Terry
     loss over the batch's pairs, gradients summed exactly over `micro_batches` splits."""
@@ -130,7 +132,9 @@ def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int 
                    "grad_norm": optax.tree.norm(grads)}
         return params, opt_state, metrics
 
-    return jax.jit(step, static_argnums=0, donate_argnums=(1, 2))
+    # mesh: the decoder's activations pinned to the batch axes (rlcot.sharding.constrain).
+    return jax.jit(with_activation_sharding(step, mesh, TRAIN_RULES), static_argnums=0,
+                   donate_argnums=(1, 2))
 
 
 def pair_margins(graphdef: Any, params: Any, batches: list[dict[str, Any]], put: Any = None

@@ -29,6 +29,7 @@ import optax
 from rlcot.models.lora import Adapted
 from rlcot.models.transformer import forward, positions_from_mask
 from rlcot.rl.optim import clipped_adamw
+from rlcot.sharding import TRAIN_RULES, with_activation_sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +128,7 @@ def loss_fn(graphdef: Any, params: Any, batch: dict[str, jax.Array],
 
 
 def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int = 1,
-                    remat: bool = False) -> Callable:
+                    remat: bool = False, mesh: Any = None) -> Callable:
     """A jitted `(graphdef, params, opt_state, batch[, base, lora_scale]) -> (params,
     opt_state, metrics)`; graphdef is static, params and opt_state are donated. metrics: loss
     (token mean over the whole batch), target_tokens, grad_norm (before clipping). With `base`
@@ -179,7 +180,9 @@ def make_train_step(optimizer: optax.GradientTransformation, micro_batches: int 
                    "grad_norm": optax.tree.norm(grads)}
         return params, opt_state, metrics
 
-    return jax.jit(step, static_argnums=0, donate_argnums=(1, 2))
+    # mesh: the decoder's activations pinned to the batch axes (rlcot.sharding.constrain).
+    return jax.jit(with_activation_sharding(step, mesh, TRAIN_RULES), static_argnums=0,
+                   donate_argnums=(1, 2))
 
 
 def collate(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int,

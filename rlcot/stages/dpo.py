@@ -261,7 +261,8 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
         raise ValueError(f"optimizer.total_steps ({opt_cfg.total_steps}) is shorter than the "
                          f"stage's {steps} steps")
     optimizer = sft.make_optimizer(opt_cfg)
-    step_fn = dpo.make_train_step(optimizer, cfg.loss, opt_cfg.micro_batches, opt_cfg.remat)
+    step_fn = dpo.make_train_step(optimizer, cfg.loss, opt_cfg.micro_batches, opt_cfg.remat,
+                                  mesh=mesh)
     # Scalars (Adam's count) replicated on the mesh like the rest, so a restored state is
     # placed where the step expects it.
     base, trained = lora.start(cfg.lora, policy.params, cfg.seed,

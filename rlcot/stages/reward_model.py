@@ -256,7 +256,8 @@ def run(cfg: RMStageConfig, ctx: Any) -> dict[str, Any]:
         raise ValueError(f"optimizer.total_steps ({opt_cfg.total_steps}) is shorter than the "
                          f"stage's {steps} steps")
     optimizer = sft.make_optimizer(opt_cfg)
-    step_fn = reward_model.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat)
+    step_fn = reward_model.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat,
+                                           mesh=mesh)
     state = sft.OptimizerState(params, optimizer.init(params))
     state = jax.device_put(state, train_state_shardings(state, mesh))
     ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)

@@ -345,7 +345,8 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     if opt_cfg.total_steps is None:
         opt_cfg = dataclasses.replace(opt_cfg, total_steps=steps)
     optimizer = sft.make_optimizer(opt_cfg)
-    step_fn = sft.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat)
+    step_fn = sft.make_train_step(optimizer, opt_cfg.micro_batches, opt_cfg.remat,
+                                  mesh=mesh)
     base, trained = lora.start(cfg.lora, policy.params, cfg.seed,
                                workdir if primary else None, mesh)
     # LoRA: the adapters are trained; the base stays frozen.
