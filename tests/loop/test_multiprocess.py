@@ -102,7 +102,7 @@ def _wait(runs: dict[str, tuple[Path, list[subprocess.Popen], int]], deadline: f
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, isolated_toy_cache):
+def runs(tmp_path_factory, shared_toy_cache):
     """(one process x 8 devices, two processes x 4 devices stopped and resumed) directories,
     both runs at once (their compiles overlap their waits)."""
     sys.path.insert(0, str(WORKER.parent))
