@@ -66,7 +66,7 @@ def test_an_unknown_topology_is_refused_before_anything_loads():
 
 
 def test_a_stage_that_does_not_fit_fails_before_any_stage_runs(tmp_path, monkeypatch,
-                                                                isolated_toy_cache):
+                                                                shared_toy_cache):
     from tests.loop.test_loop import tiny_config
     monkeypatch.setenv(memory.BUDGET_ENV, "0.001")
     with pytest.raises(ValueError, match=r"(?s)stage 'rl' \(rl\): this run needs .* GiB per "

@@ -14,7 +14,7 @@ from tests.loop.study_command import ROOT, run_tiny_study
 
 EVAL = "toyworld:test"
 
-pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
+pytestmark = pytest.mark.usefixtures("shared_toy_cache")
 
 
 def test_tiny_study_runs_every_method_and_fills_the_table(tmp_path):

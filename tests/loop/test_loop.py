@@ -57,6 +57,8 @@ def _comparable(rows):
              and not k.endswith("time_s") and not k.endswith("_s")} for r in rows]
 
 
+# A fresh cache, not the session's shared one: full_run must train its base stage itself (not
+# cached) and the resumed run must then find it cached.
 pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
 
 

@@ -122,7 +122,7 @@ def _pair(root: Path, *variant: str) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, isolated_toy_cache):
+def runs(tmp_path_factory, shared_toy_cache):
     return _pair(tmp_path_factory.mktemp("multiprocess"))
 
 
@@ -203,7 +203,7 @@ def test_process_zero_writes_the_files_and_the_run_resumed(runs):
 
 
 @pytest.mark.slow
-def test_value_model_lora_and_tensor_parallelism_across_processes(tmp_path, isolated_toy_cache):
+def test_value_model_lora_and_tensor_parallelism_across_processes(tmp_path, shared_toy_cache):
     """PPO with a value model (GAE advantages, the critic's own optimizer), LoRA adapters on
     the frozen base and a (data, fsdp, tensor) = (1, 4, 2) mesh, so that each process's 4
     devices hold 2 fsdp shards x 2 tensor shards of the weights: 2 x 4 devices, stopped and
@@ -218,7 +218,7 @@ def test_value_model_lora_and_tensor_parallelism_across_processes(tmp_path, isol
 
 
 @pytest.mark.slow
-def test_sft_stage_across_processes(tmp_path, isolated_toy_cache):
+def test_sft_stage_across_processes(tmp_path, shared_toy_cache):
     """The `sft` stage kind (rlcot.stages.sft: toy corpus, random-init model, 16 rows a step in
     2 micro-batches, evaluated at the end) as 2 x 4 devices, stopped after step 2 and resumed,
     against 1 x 8: each process collates only its block of each batch's rows, process 0
@@ -236,7 +236,7 @@ def test_sft_stage_across_processes(tmp_path, isolated_toy_cache):
 
 
 @pytest.mark.slow
-def test_dpo_stage_across_processes(tmp_path, isolated_toy_cache):
+def test_dpo_stage_across_processes(tmp_path, shared_toy_cache):
     """The `dpo` stage kind (rlcot.stages.dpo: 64 toy-corpus preference pairs, 16 a step in 2
     micro-batches; the reference log-probs computed on the global mesh and gathered) as
     2 x 4 devices against 1 x 8, uninterrupted (the dpo stage has no stop check). Its rewards

@@ -14,7 +14,7 @@ from rlcot.workdir import read_metrics
 from tests.loop.study_command import ROOT, run_tiny_study
 
 
-pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
+pytestmark = pytest.mark.usefixtures("shared_toy_cache")
 
 
 def test_tiny_preference_study_runs_every_arm_and_fills_the_tables(tmp_path):

@@ -7,7 +7,7 @@ from rlcot import preflight, run_config, stages, study
 from rlcot.rewards.registry import required_fields
 from tests.loop.test_loop import tiny_config
 
-pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
+pytestmark = pytest.mark.usefixtures("shared_toy_cache")
 
 
 def _rl(**sections):

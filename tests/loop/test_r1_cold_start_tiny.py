@@ -17,7 +17,7 @@ from rlcot.workdir import read_metrics
 ROOT = Path(__file__).resolve().parents[2]
 EVAL = "toyworld:test"
 
-pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
+pytestmark = pytest.mark.usefixtures("shared_toy_cache")
 
 
 def _experiment():
@@ -27,7 +27,7 @@ def _experiment():
 def _run(arm: str, workdir: Path) -> dict:
     """The user's command, on one CPU device (not the session's 8 fake ones: sharding a
     0.44M-parameter model 8 ways only adds overhead); the base model is cached in the
-    module's toy cache by the first arm and loaded by the others."""
+    session's toy cache by the first arm and loaded by the others."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     cmd = [sys.executable, "-m", "rlcot.main", "run", "--config",
            f"experiments/r1_cold_start.py:{arm},tiny", "--workdir", str(workdir)]

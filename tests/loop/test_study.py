@@ -11,7 +11,7 @@ from rlcot.stages.generate import rows_for_prompt
 from tests.loop.test_loop import tiny_config
 
 
-pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
+pytestmark = pytest.mark.usefixtures("shared_toy_cache")
 
 
 def _with(c, **stage_specs):

@@ -20,7 +20,7 @@ _spec = importlib.util.spec_from_file_location(
 loop_tests = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(loop_tests)
 
-pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
+pytestmark = pytest.mark.usefixtures("shared_toy_cache")
 
 
 def lora_config(steps: int = 4):

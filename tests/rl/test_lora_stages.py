@@ -115,7 +115,7 @@ def _check_lora_stage(workdir, stage):
     assert 0 < sum(changed) < len(changed)  # the adapted projections, nothing else
 
 
-@pytest.mark.usefixtures("isolated_toy_cache")
+@pytest.mark.usefixtures("shared_toy_cache")
 def test_lora_dpo_stage_trains_and_resumes_exactly(tmp_path):
     config = test_dpo._study({"lora": {"enabled": True, "rank": 4, "alpha": 8.0},
                               "optimizer": {"learning_rate": 1e-2}})
@@ -127,7 +127,7 @@ def test_lora_dpo_stage_trains_and_resumes_exactly(tmp_path):
     _resume_check(tmp_path, "dpo", 4, config)
 
 
-@pytest.mark.usefixtures("isolated_toy_cache")
+@pytest.mark.usefixtures("shared_toy_cache")
 def test_lora_sft_stage_trains_and_resumes_exactly(tmp_path):
     c = tiny_config(1)
     c.stage_order = ("base", "tune")

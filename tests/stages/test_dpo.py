@@ -284,7 +284,7 @@ def _comparable(rows):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-@pytest.mark.usefixtures("isolated_toy_cache")
+@pytest.mark.usefixtures("shared_toy_cache")
 def test_study_trains_and_resumes_exactly(tmp_path):
     import shutil
     summary = study.run(_study(), tmp_path)

@@ -17,7 +17,7 @@ def _experiment():
     return load_experiment(ROOT / "experiments" / "ablate_algorithms.py")
 
 
-pytestmark = pytest.mark.usefixtures("isolated_toy_cache")
+pytestmark = pytest.mark.usefixtures("shared_toy_cache")
 
 
 def _run_arm(arm, workdir):
