@@ -133,9 +133,22 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
     ckpt = Checkpointer(workdir, max_to_keep=rc.train.keep_checkpoints)
     start, data_state = 0, None
     restored = ckpt.restore(state, fallback=True)  # a damaged latest one: the one before
+    # The packed passes' compiled shapes steer their later plans (rlcot.rl.packing): saved
+    # with every checkpoint, so that a resumed run packs its rows (and rounds its sums) as an
+    # uninterrupted run does.
+    packed = {"update": update, "logprobs": logprob_fn, "values": value_fn}
+
+    def meta(at: int, data_pos: Any) -> dict[str, Any]:
+        return {"data": data_pos, "step": at,
+                "pack_shapes": {k: sorted([int(n) for n in s] for s in getattr(f, "known", ()))
+                                for k, f in packed.items() if f is not None}}
+
     if restored is not None:
-        start, state, meta = restored
-        data_state = meta["data"]
+        start, state, restored_meta = restored
+        data_state = restored_meta["data"]
+        for k, shapes in restored_meta.get("pack_shapes", {}).items():
+            if packed.get(k) is not None and hasattr(packed[k], "known"):
+                packed[k].known.update(tuple(s) for s in shapes)
         sampler.update_params(policy_params(state))
         log.info("resumed from step %d", start)
     data_it = pipeline.iterator(data_state)
@@ -172,7 +185,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
         """Ends the run on a stop request: a checkpoint at step `at` (unless there is one, or
         at is 0: nothing to keep), then Preempted."""
         if at > 0 and at != saved:
-            ckpt.save(at, state, {"data": data_pos, "step": at})
+            ckpt.save(at, state, meta(at, data_pos))
         close()
         raise preempt.Preempted(f"stage {workdir.name}", at)
 
@@ -236,8 +249,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
                 row.update(evaluate(step + 1))
         if last or (step + 1) % rc.train.checkpoint_every == 0:
             with timer("checkpoint"):
-                ckpt.save(step + 1, state, {"data": pipeline.get_state(data_it),
-                                            "step": step + 1})
+                ckpt.save(step + 1, state, meta(step + 1, pipeline.get_state(data_it)))
             saved = step + 1
         row.update(timer.metrics())
         writer.write(step + 1, row)

@@ -221,4 +221,5 @@ def packed_pass(fn: Callable, params_like: Any, mesh: Mesh | None, rules: Any,
         known.add(plan.shape)
         return jitted(params, tokens_NxL, positions_NxL, valid_NxL, plan.arrays())
     call.jitted = jitted
+    call.known = known  # saved with checkpoints: a resumed run plans as the first run did
     return call

@@ -422,4 +422,7 @@ def make_update_step(graphdef: nnx.GraphDef, cfg: UpdateConfig, state_like: Trai
         return step(state, batch, rng, plan(batch, rng), *base)
     update.jitted = step  # (state, batch, rng, pack, [base]): e.g. to lower ahead of time
     update.plan = plan
+    # The shapes compiled so far steer later plans (plan_packing's `known`): the loop saves
+    # them with each checkpoint so that a resumed run packs (and rounds) as the first did.
+    update.known = known
     return update

@@ -104,7 +104,11 @@ def _signal_at(path, step, sig=signal.SIGTERM):
         while time.time() < deadline:
             if path.is_file() and any(json.loads(x)["step"] >= step
                                       for x in path.read_text().splitlines() if x.strip()):
-                os.kill(os.getpid(), sig)
+                # To the main thread, where rlcot.preempt's handler runs: a process-directed
+                # signal may land on any thread, and twice under load a worker died with
+                # SIGABRT while a SIGTERM test ran (suspected: the signal interrupted one of
+                # XLA's threads; not proven).
+                signal.pthread_kill(threading.main_thread().ident, sig)
                 return
             time.sleep(0.02)
 
@@ -143,6 +147,11 @@ def test_stopped_and_damaged_resumes_to_the_same_numbers(full_run, tmp_path, cap
     assert _comparable(a) == _comparable(b)
     for x, y in zip(_params(workdir / "rl"), _params(rl)):
         assert np.array_equal(x, y)
+    # The packed passes' shapes compiled so far (they steer later plans) came back with the
+    # checkpoint: the resumed run ends knowing what the uninterrupted one knew.
+    shapes = _pack_shapes(workdir / "rl" / "checkpoints" / "4")
+    assert shapes["update"] and shapes["logprobs"]
+    assert _pack_shapes(rl / "checkpoints" / "4") == shapes
     summary = json.loads((rl / "summary.json").read_text())
     assert summary["resumed_from_step"] == steps[-1] - 1 and "health" in summary
     # The base stage came from the cache the second time: the same parameters bit for bit.
@@ -155,6 +164,19 @@ def test_a_finished_stage_with_other_settings_is_not_reused(full_run, tmp_path):
     c = tiny_config(5)
     with pytest.raises(ValueError, match="finished with other settings"):
         run(c, workdir)
+
+
+def _pack_shapes(checkpoint: Path) -> dict:
+    """The `pack_shapes` of a checkpoint's metadata (orbax's JSON item)."""
+    for p in (checkpoint / "meta").rglob("*"):
+        if p.is_file():
+            try:
+                meta = json.loads(p.read_text())
+            except ValueError:
+                continue
+            if isinstance(meta, dict) and "pack_shapes" in meta:
+                return meta["pack_shapes"]
+    raise AssertionError(f"no pack_shapes in {checkpoint}/meta")
 
 
 def _params(stage_dir):
