@@ -102,6 +102,17 @@ COEFFICIENTS: dict[str, Coefficients] = {
                "per mode with 128-aligned dimensions (16 Llama-, 4 Gemma-3-shaped; half in "
                "bfloat16 compute); fitted points within 19% (no remat) and 28% (remat) of "
                "the compiled temporaries: libtpu's peak is not linear in the sizes"),
+    "tpu/bfloat16": Coefficients(
+        saved={"scores": 2.27, "mlp": 6.14, "embed": 5.60, "sandwich": 11.22, "local": 2.65},
+        work={"logits": 0.78},
+        remat_saved={"sandwich": 0.73},
+        remat_work={"mlp": 0.68, "qkv": 0.23, "logits": 0.89, "local": 0.10},
+        grads=1.07, remat_grads=1.14,
+        fitted="2026-11-30, jax 0.10.2 with libtpu 0.0.42.1 (compile-only v5e), bfloat16 "
+               "compute: the 13 aligned configs of the tpu grid and 9 real models' shapes "
+               "(Qwen2.5-0.5B, Llama-3.2-1B, Gemma-3-1B cut to 2 layers, 2-8 rows x "
+               "256-1024 tokens); the real shapes within 16% (no remat) and 15% (remat) of "
+               "the compiled temporaries, the small aligned ones within 16% and 25%"),
 }
 
 
@@ -413,15 +424,37 @@ def plan(cfg: ModelConfig, learner: UpdateConfig, sizes: Sizes, mesh: Any = None
     notes["activations"] = (f"({micro_rows} rows x {L} tokens per micro-batch, "
                             f"remat {'on' if learner.remat else 'off'})")
 
+    # Under FSDP the step gathers each weight whole (over the fsdp axis) and makes its
+    # gradient whole before the reduce-scatter; the largest one (the embedding) sets the size:
+    # its gathered float32 copy, plus (trained) the gradients of its two uses (lookup and
+    # logits). Measured with libtpu on v5e, fsdp 8 (bench/memory_check.py): without this term
+    # the update step read 0.59 (Qwen2.5-0.5B shapes) and 0.79 (LoRA) of the compiled peak.
+    c["fsdp_gather"] = 0
+    if m.fsdp > 1:
+        whole = {**train_rules, "embed": None}
+        largest = max(
+            math.prod(v.get_value().shape) * 4
+            // _shards(v.axes, tuple(v.get_value().shape), whole, m)
+            for v in jax.tree.leaves(params, is_leaf=_is_var) if _is_var(v))
+        c["fsdp_gather"] = largest * (1 if lora_on else 3)
+        notes["fsdp_gather"] = "(the largest weight gathered whole, and its gradients)"
+
     # ---- The rollout's transients ----
     c["kv_cache"], c["sampling_work"] = rollout_bytes(cfg, sizes, m, cache_dtype=cache_dtype,
                                                       shared_prefix=shared_prefix,
                                                       rules=sample_rules, platform=platform)
+    weight_size = jnp.dtype(cfg.weight_dtype).itemsize
+    compute_size = jnp.dtype(cfg.compute_dtype).itemsize
+    if platform != "cpu" and compute_size < weight_size:
+        # The decode loop's weights cast to the compute dtype once, outside the loop (XLA
+        # hoists the loop-invariant casts): measured with libtpu, without this the sampling
+        # loop read 0.68-0.71 of the compiled peak for bfloat16 compute on float32 weights.
+        c["sampling_work"] += c["sampler"] * compute_size // weight_size
     layout = ("one shared prompt block" if shares_prefix(sizes.num_samples, shared_prefix)
               else "prompt copied per sample")
     notes["kv_cache"] = f"({sizes.batch_prompts} prompts x {sizes.num_samples} samples, {layout})"
     return MemoryPlan(
-        c, update_components=("batch", "grads", "activations"),
+        c, update_components=("batch", "grads", "activations", "fsdp_gather"),
         sampling_components=("kv_cache", "sampling_work"),
         resident_components=("params", "trained", "optimizer", "reference", "critic",
                              "sampler"),

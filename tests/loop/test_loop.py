@@ -52,6 +52,15 @@ def tiny_config(steps: int = 3, second_rl_steps: int = 0) -> mlc.ConfigDict:
     return c
 
 
+def short_base(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """`c` with its base stage cut to 10 steps in one padded width (tiny_config's trains 30):
+    for tests that need a base model to start from, not a trained one. They all get the same
+    cache entry, which the test session trains once (conftest.py's shared_toy_cache)."""
+    c.stages.base.train.update(steps=10, short_rows=0, length_multiple=128, log_every=5,
+                               checkpoint_every=10)
+    return c
+
+
 def _comparable(rows):
     return [{k: v for k, v in r.items() if not k.startswith("time/") and "seconds" not in k
              and not k.endswith("time_s") and not k.endswith("_s")} for r in rows]

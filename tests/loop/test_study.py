@@ -8,7 +8,7 @@ import pytest
 
 from rlcot import stages, study
 from rlcot.stages.generate import rows_for_prompt
-from tests.loop.test_loop import tiny_config
+from tests.loop.test_loop import short_base, tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("shared_toy_cache")
@@ -82,8 +82,9 @@ def test_rows_for_prompt_selects_by_length_and_correctness():
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """base -> gen (4 samples per prompt of 8 prompts, all rows) -> sft on them -> eval."""
-    c = tiny_config(1)
+    """base (10 steps) -> gen (4 samples per prompt of 8 prompts, all rows) -> sft on them ->
+    eval."""
+    c = short_base(tiny_config(1))
     c.stage_order = ("base", "gen", "sft", "final")
     del c.stages["rl"]
     c.stages.gen = stages.defaults(

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("shared_toy_cache")
 
 
 def lora_config(steps: int = 4):
-    c = loop_tests.tiny_config(steps)
+    c = loop_tests.short_base(loop_tests.tiny_config(steps))
     c.learner.lora = dict(enabled=True, rank=4, alpha=8.0)
     c.learner.optimizer.lr = 3e-3
     # A KL term against the reference (the base, adapters off), so that it is exercised.

@@ -14,7 +14,7 @@ from rlcot import dpo, sft, stages, study
 from rlcot.models import lora, presets
 from rlcot.models.transformer import init_params
 from rlcot.workdir import read_metrics
-from tests.loop.test_loop import tiny_config
+from tests.loop.test_loop import short_base, tiny_config
 from tests.stages import test_dpo
 
 CFG = presets.get_config("tiny", vocab_size=64, d_model=32, mlp_dim=64, n_heads=2,
@@ -129,11 +129,9 @@ def test_lora_dpo_stage_trains_and_resumes_exactly(tmp_path):
 
 @pytest.mark.usefixtures("shared_toy_cache")
 def test_lora_sft_stage_trains_and_resumes_exactly(tmp_path):
-    c = tiny_config(1)
+    c = short_base(tiny_config(1))
     c.stage_order = ("base", "tune")
     del c.stages["rl"]
-    c.stages.base.train.update(steps=10, short_rows=0, length_multiple=128, log_every=5,
-                               checkpoint_every=10)
     c.stages.tune = stages.defaults(
         "sft", model={"source": "stage:base"}, data={"dataset": "toyworld_corpus"},
         lora={"enabled": True, "rank": 4, "alpha": 8.0},

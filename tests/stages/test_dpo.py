@@ -255,12 +255,10 @@ def test_stage_config_checks():
 
 def _study(dpo_fields=None):
     """base (10 sft steps, cached) -> gen (pairs of 32 prompts x 4 samples) -> dpo."""
-    from tests.loop.test_loop import tiny_config
-    c = tiny_config(1)
+    from tests.loop.test_loop import short_base, tiny_config
+    c = short_base(tiny_config(1))
     c.stage_order = ("base", "gen", "dpo")
     del c.stages["rl"]
-    c.stages.base.train.update(steps=10, short_rows=0, length_multiple=128, log_every=5,
-                               checkpoint_every=10)
     # "Correct" = at least one R1 tag: an untrained model gets that for some samples only.
     c.stages.gen = stages.defaults(
         "generate", prompts=32, select="pairs", correct_by="r1_tag_count",
