@@ -21,27 +21,18 @@ README's `compile` section) and prints XLA's memory per chip beside the planner'
 Run a recipe on a pod with tpu_setup.sh (every worker), or on one GPU host with
 `python -m rlcot.main run --config experiments/recipes.py:qwen2.5_1.5b_gpu --workdir runs/q15`.
 
-Planner estimates per chip (2026-11-30, `--plan_devices`; f32 weights and Adam moments, bf16
-compute and KV cache, remat, one shared prompt block per prompt in the cache):
+Per chip (2026-11-30, jax 0.10.2 + libtpu 0.0.42.1 compile-only devices on a 2-core CPU
+machine, about 80 s per recipe: `python bench/memory_check.py --recipes`; f32 weights and Adam
+moments, bf16 compute and KV cache, remat, one shared prompt block per prompt):
 
-| recipe | chips | state (params + Adam) | sampler weights | update transients | rollout transients | peak |
-|---|---:|---:|---:|---:|---:|---:|
-| Qwen2.5-7B, v5p-64 (95 GiB) | 32 | 2.66 GiB | 7.09 GiB | 6.82 GiB | 4.05 GiB | 16.6 GiB |
-| Gemma-3-4B, v5e-16 (16 GiB) | 16 | 2.71 GiB | 7.23 GiB | 2.49 GiB | 1.74 GiB | 12.4 GiB |
-| Qwen2.5-1.5B, 1 GPU (80 GiB) | 1 | 17.3 GiB | 5.75 GiB | 23.7 GiB | 18.4 GiB | 46.7 GiB |
-
-Compiled ahead of time with libtpu 0.0.42.1 on a 2-core CPU machine without TPUs (`--topology`,
-about 8 min each), per chip, before the sampler kept one prompt block per prompt (every
-sample's copy of its prompt in the cache: an upper bound for today's rollout; the planner
-said 16.6 and 12.5 GiB for that layout):
-
-| recipe | update step | sampling loop | both (one's peak + the other's arguments) | planner |
+| recipe | chips | planner peak | update step: planner / compiled | sampling loop: planner / compiled |
 |---|---:|---:|---:|---:|
-| Qwen2.5-7B, v5p-64 | 11.35 GiB | 11.85 GiB | 18.4 GiB | 16.6 GiB |
-| Gemma-3-4B, v5e-16 | 7.74 GiB | 12.29 GiB | 15.0 GiB | 12.5 GiB |
+| Qwen2.5-7B, v5p-64 (95 GiB) | 32 | 14.1 GiB | 7.03 / 6.84 GiB | 11.14 / 11.34 GiB |
+| Gemma-3-4B, v5e-16 (16 GiB) | 16 | 14.2 GiB | 6.99 / 6.25 GiB | 9.59 / 11.69 GiB |
+| Qwen2.5-1.5B, 1 GPU (80 GiB) | 1 | 41.8 GiB | not compiled | not compiled |
 
-Gemma-3-4B fits a 16 GiB v5e chip, narrowly. On TPU the planner (fitted to XLA:CPU, within 20%
-there: tests/test_memory.py) reads low: 0.90x and 0.83x of the compiled totals here.
+Gemma-3-4B fits a 16 GiB v5e chip with little margin (its sampling loop compiles to 11.7 GiB
+of the 15.75 usable). The README's memory section says how far to trust the planner on TPU.
 """
 
 from __future__ import annotations
