@@ -121,10 +121,8 @@ def coefficients(platform: str, dtype: str = "float32") -> Coefficients:
     plans a dtype's buffers apart: XLA:CPU keeps some of a bfloat16 model's in bfloat16 and
     computes the rest in float32). GPUs (not measured yet) use TPU's, the other compiler with
     native bfloat16 buffers."""
-    platform = platform if platform in {k.split("/")[0] for k in COEFFICIENTS} else "tpu"
-    if platform not in COEFFICIENTS:
-        platform = "cpu"
-    return COEFFICIENTS.get(f"{platform}/{dtype}", COEFFICIENTS[platform])
+    base = platform if platform in COEFFICIENTS else "tpu"
+    return COEFFICIENTS.get(f"{base}/{dtype}", COEFFICIENTS[base])
 
 
 @dataclasses.dataclass(frozen=True)
