@@ -14,7 +14,8 @@ longer than `data.max_tokens`, are skipped and counted (summary `skipped`, and a
 stop the stage when `data.on_bad_rows` is 'error'. Batches are a pure function of
 (seed, step) (rlcot.sft.batches) and the checkpoint holds the parameters, the optimizer state
 and the metrics of the unfinished log window, so a resumed stage ends bit for bit where an
-uninterrupted one does, metrics.jsonl included. `train.steps`, or `train.epochs` passes over
+uninterrupted one does, metrics.jsonl included; a stop request (rlcot.preempt) ends it at the
+next step boundary with a checkpoint there (rlcot.steps). `train.steps`, or `train.epochs` passes over
 the pairs (each epoch drops its last partial batch).
 """
 
@@ -168,20 +169,19 @@ def _load_or_compute_reference(path: Path, key: str, compute: Any, write: bool =
 
 # ---- the stage --------------------------------------------------------------------------------
 
-def _window_row(window: list[dict[str, float]]) -> dict[str, float]:
-    keys = window[0].keys()
+def _window_row(window: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(np.sum([w[k] for w in window])) if k == "pairs"
-            else float(np.mean([w[k] for w in window])) for k in keys}
+            else float(np.mean([w[k] for w in window])) for k in window[0]}
 
 
 def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     from rlcot import distributed, world_setup
-    from rlcot.checkpoint import Checkpointer
     from rlcot.rl.logprobs import batch_sharding, row_shards
     from rlcot.rl.state import train_state_shardings
     from rlcot.stages.merge import vocab_fingerprint
+    from rlcot.steps import StepLoop
     from rlcot.toyworld.cache import content_key
-    from rlcot.workdir import MetricsWriter, Progress, read_metrics, write_json
+    from rlcot.workdir import read_metrics, write_json
 
     workdir = Path(ctx.dir)
     # Several processes (rlcot.distributed): every process reads the pairs and builds the same
@@ -270,51 +270,23 @@ def run(cfg: DPOStageConfig, ctx: Any) -> dict[str, Any]:
     # LoRA: the adapters are trained; the base stays frozen.
     state = sft.OptimizerState(trained, optimizer.init(trained))
     state = jax.device_put(state, train_state_shardings(state, mesh))
-    ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)
-    start, window = 0, []
-    restored = ckpt.restore(state)
-    if restored is not None:
-        start, state, meta = restored
-        window = list(meta.get("window", []))
-        log.info("resumed from step %d", start)
+    loop = StepLoop(workdir, state, name=ctx.name, steps=steps,
+                    log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
+                    keep_checkpoints=cfg.train.keep_checkpoints,
+                    schedule=sft.learning_rate_schedule(opt_cfg),
+                    keys=("loss", "rewards/accuracies"), primary=primary)
+    start = loop.start
     order = sft.batches(toks.lengths, cfg.train.batch_size, steps, cfg.seed,
                         cfg.train.sort_group)
-    schedule = sft.learning_rate_schedule(opt_cfg)
 
     # ---- The loop ---------------------------------------------------------------------------
-    writer = MetricsWriter(workdir, resume_step=start if restored else None, active=primary)
-    progress = Progress(steps, initial=start, keys=("loss", "rewards/accuracies"),
-                        desc=ctx.name)
-    t_train, last = time.perf_counter(), {}
-    params, opt_state = state.params, state.opt_state
-    for i in range(start, steps):
+    def step(i, params, opt_state):
         batch = put(dpo.collate_pairs(toks, order[i], pad_id=tok.pad_id, eos_id=tok.eos_id,
                                       length_multiple=m, ref=(ref_c, ref_r)))
-        params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch, base,
-                                             cfg.lora.scale)
-        window.append(metrics)
-        done = i + 1
-        logged = done % cfg.train.log_every == 0 or done == steps
-        saved = done % cfg.train.checkpoint_every == 0 or done == steps
-        if logged or saved:  # host floats: the unlogged window goes into the checkpoint
-            window = [{k: float(v) for k, v in jax.device_get(w).items()} for w in window]
-        if logged:
-            last = {**_window_row(window), "lr": float(schedule(i)),
-                    "time/train_s": time.perf_counter() - t_train}
-            window = []
-            writer.write(done, last)
-            log.info("%s: step %d/%d loss %.4f accuracy %.3f", ctx.name, done, steps,
-                     last["loss"], last["rewards/accuracies"])
-            progress.update({k: last[k] for k in ("loss", "rewards/accuracies")})
-        else:
-            progress.update({})
-        if saved:
-            ckpt.save(done, sft.OptimizerState(params, opt_state),
-                      {"step": done, "window": window})
-    ckpt.close()
-    writer.close()
-    progress.close()
-    params = jax.block_until_ready(params)
+        return step_fn(policy.graphdef, params, opt_state, batch, base, cfg.lora.scale)
+
+    t_train = time.perf_counter()
+    params, _ = loop.run(step, summarize=_window_row)
     train_s = time.perf_counter() - t_train
     distributed.sync("dpo metrics written")  # process 0's metrics.jsonl, read by every process
     rows_ = read_metrics(workdir)

@@ -1,6 +1,7 @@
 """The `reward_model` stage kind: a reward model trained on preference pairs with the
-Bradley-Terry loss (rlcot.reward_model), exactly resumable; held-out pair accuracy and
-calibration reported; later stages use it as a reward:
+Bradley-Terry loss (rlcot.reward_model), exactly resumable and stopped by a stop request at a
+step boundary with a checkpoint there (rlcot.steps); held-out pair accuracy and calibration
+reported; later stages use it as a reward:
 
     rewards = {"rm": {"reward": "reward_model", "model": "stage:rm", "normalize": "reference"}}
 
@@ -198,12 +199,12 @@ def _reference_diffs(rows: list[dict[str, Any]]) -> np.ndarray | None:
 
 
 def run(cfg: RMStageConfig, ctx: Any) -> dict[str, Any]:
-    from rlcot.checkpoint import Checkpointer
     from rlcot.rl.logprobs import batch_sharding, row_shards
     from rlcot.rl.state import train_state_shardings
     from rlcot.rl.value import init_value_params
     from rlcot.sources import write_model_card
-    from rlcot.workdir import MetricsWriter, Progress, read_metrics, write_json
+    from rlcot.steps import StepLoop
+    from rlcot.workdir import read_metrics, write_json
 
     workdir = Path(ctx.dir)
     write_json(workdir / "config.json", dataclasses.asdict(cfg))
@@ -260,16 +261,13 @@ def run(cfg: RMStageConfig, ctx: Any) -> dict[str, Any]:
                                            mesh=mesh)
     state = sft.OptimizerState(params, optimizer.init(params))
     state = jax.device_put(state, train_state_shardings(state, mesh))
-    ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)
-    start, window = 0, []
-    restored = ckpt.restore(state)
-    if restored is not None:
-        start, state, meta = restored
-        window = list(meta.get("window", []))
-        log.info("resumed from step %d", start)
+    loop = StepLoop(workdir, state, name=ctx.name, steps=steps,
+                    log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
+                    keep_checkpoints=cfg.train.keep_checkpoints,
+                    schedule=sft.learning_rate_schedule(opt_cfg), keys=("loss", "accuracy"))
+    start = loop.start
     lengths = toks.lengths[train_idx]
     order = [train_idx[b] for b in sft.batches(lengths, B, steps, cfg.seed, 1)]
-    schedule = sft.learning_rate_schedule(opt_cfg)
 
     def evaluate(params) -> dict[str, float]:
         if not eval_batches:
@@ -277,43 +275,21 @@ def run(cfg: RMStageConfig, ctx: Any) -> dict[str, Any]:
         c, r = reward_model.pair_margins(graphdef, params, eval_batches, put)
         return heldout_metrics(c - r, ref_diff, cfg.train.calibration_bins)
 
-    writer = MetricsWriter(workdir, resume_step=start if restored else None)
     if start == 0 and eval_batches:
-        writer.write(0, evaluate(state.params))
-    progress = Progress(steps, initial=start, keys=("loss", "accuracy"), desc=ctx.name)
-    t_train = time.perf_counter()
-    params, opt_state = state.params, state.opt_state
-    for i in range(start, steps):
+        loop.writer.write(0, evaluate(loop.state.params))
+
+    def step(i, params, opt_state):
         idx = order[i]
         batch = dpo.collate_pairs(toks, idx, pad_id=tok.pad_id, eos_id=tok.eos_id,
                                   length_multiple=m)
         batch["weight_B"] = np.ones(len(idx), np.float32)
-        params, opt_state, metrics = step_fn(graphdef, params, opt_state, put(batch))
-        window.append(metrics)
-        done = i + 1
-        logged = done % cfg.train.log_every == 0 or done == steps
-        saved = done % cfg.train.checkpoint_every == 0 or done == steps
-        if logged or saved:
-            window = [{k: float(v) for k, v in jax.device_get(w).items()} for w in window]
-        row: dict[str, float] = {}
-        if logged:
-            row = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            row.update(lr=float(schedule(i)), **{"time/train_s": time.perf_counter() - t_train})
-            window = []
-        if done % cfg.train.eval_every == 0 or done == steps:
-            row.update(evaluate(params))
-        if row:
-            writer.write(done, row)
-            progress.update({k: row[k] for k in ("loss", "accuracy") if k in row})
-        else:
-            progress.update({})
-        if saved:
-            ckpt.save(done, sft.OptimizerState(params, opt_state),
-                      {"step": done, "window": window})
-    ckpt.close()
-    writer.close()
-    progress.close()
-    params = jax.block_until_ready(params)
+        return step_fn(graphdef, params, opt_state, put(batch))
+
+    def heldout(done: int, params) -> dict[str, float]:
+        return evaluate(params) if done % cfg.train.eval_every == 0 or done == steps else {}
+
+    t_train = time.perf_counter()
+    params, _ = loop.run(step, extra=heldout)
     train_s = time.perf_counter() - t_train
 
     # ---- The card: score statistics on the training responses, held-out metrics ------------

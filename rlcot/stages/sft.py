@@ -249,14 +249,10 @@ def tokenize(pairs: list[tuple[str, str]], tokenizer: Any, max_tokens: int | Non
 
 # ---- the stage --------------------------------------------------------------------------------
 
-def _window_to_json(recent: list[dict[str, Any]]) -> list[dict[str, list]]:
-    """Per-step metrics as JSON: [value, dtype] pairs, which restore bit for bit."""
-    return [{k: [np.asarray(v).item(), str(np.asarray(v).dtype)] for k, v in r.items()}
-            for r in jax.device_get(recent)]
-
-
-def _window_from_json(saved: list[dict[str, list]]) -> list[dict[str, np.ndarray]]:
-    return [{k: np.asarray(v, dtype=d) for k, (v, d) in r.items()} for r in saved]
+def _row(window: list[dict[str, Any]]) -> dict[str, float]:
+    return {"loss": float(np.mean([r["loss"] for r in window])),
+            "grad_norm": float(np.mean([r["grad_norm"] for r in window])),
+            "target_tokens": float(np.sum([r["target_tokens"] for r in window]))}
 
 
 def _cache_key(cfg: SFTStageConfig, mesh_shape: dict[str, int]) -> str:
@@ -280,12 +276,13 @@ def run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
 
 
 def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
-    from rlcot import distributed, preempt, sources, world_setup
+    from rlcot import distributed, sources, world_setup
     from rlcot.checkpoint import Checkpointer
     from rlcot.rl.logprobs import batch_sharding, row_shards
     from rlcot.sharding import TRAIN_RULES, state_shardings
     from rlcot.toyworld import cache
-    from rlcot.workdir import MetricsWriter, Progress, read_metrics, write_json
+    from rlcot.steps import StepLoop
+    from rlcot.workdir import read_metrics, write_json
 
     workdir = Path(ctx.dir)
     # Several processes (rlcot.distributed): every process builds the same batch order; each
@@ -355,13 +352,12 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
     # that a restored state, whose arrays keep the shardings they are restored into, fits the
     # compiled step as a fresh one does.
     state = jax.device_put(state, state_shardings(state, mesh, TRAIN_RULES))
-    ckpt = Checkpointer(workdir, max_to_keep=cfg.train.keep_checkpoints)
-    start, window = 0, []
-    restored = ckpt.restore(state, fallback=True)  # a damaged latest one: the one before
-    if restored is not None:
-        start, state, meta = restored
-        window = _window_from_json(meta.get("window", []))
-        log.info("resumed from step %d", start)
+    loop = StepLoop(workdir, state, name=ctx.name, steps=steps,
+                    log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
+                    keep_checkpoints=cfg.train.keep_checkpoints,
+                    schedule=sft.learning_rate_schedule(opt_cfg), keys=("loss",),
+                    primary=primary)
+    start = loop.start
     packed = cfg.train.pack_length is not None
     order = (sft.pack_plan(lengths, cfg.train.batch_size, cfg.train.pack_length, steps,
                            cfg.seed) if packed else
@@ -395,54 +391,15 @@ def _run(cfg: SFTStageConfig, ctx: Any) -> dict[str, Any]:
         return jax.tree.map(lambda x: distributed.replicated(x, mesh), b) if H > 1 else b
 
     # ---- The loop ---------------------------------------------------------------------------
-    writer = MetricsWriter(workdir, resume_step=start if restored else None, active=primary)
-    progress = Progress(steps, initial=start, keys=("loss",), desc=ctx.name)
-    # recent: the metrics of the steps since the last logged row (their mean is the next row),
-    # kept in every checkpoint so that a resumed stage logs the same means.
-    t_train, recent = time.perf_counter(), window
-    params, opt_state = state.params, state.opt_state
-    saved = start if restored is not None else None
-
-    def save(done: int) -> None:
-        nonlocal saved
-        ckpt.save(done, sft.OptimizerState(params, opt_state),
-                  {"step": done, "window": _window_to_json(recent)})
-        saved = done
-
-    def close() -> None:
-        ckpt.close()
-        writer.close()
-        progress.close()
-
-    for i in range(start, steps):
-        if preempt.stop_requested():  # a checkpoint here (none at step 0: nothing to keep)
-            if i > 0 and saved != i:
-                save(i)
-            close()
-            raise preempt.Preempted(f"stage {ctx.name}", i)
+    def step(i, params, opt_state):
         idx = order[i]
         if packed and len(idx) < cfg.train.batch_size:  # fewer rows than asked: pad with
             idx = idx + [[] for _ in range(cfg.train.batch_size - len(idx))]  # empty ones
         batch = (collate(idx[:k]), collate(idx[k:])) if k else collate(idx)
-        params, opt_state, metrics = step_fn(policy.graphdef, params, opt_state, batch, base,
-                                             cfg.lora.scale)
-        recent.append(metrics)
-        done = i + 1
-        if done % cfg.train.log_every == 0 or done == steps:
-            got = jax.device_get(recent)
-            row = {"loss": float(np.mean([r["loss"] for r in got])),
-                   "grad_norm": float(np.mean([r["grad_norm"] for r in got])),
-                   "target_tokens": float(np.sum([r["target_tokens"] for r in got])),
-                   "lr": float(sft.learning_rate_schedule(opt_cfg)(i)),
-                   "time/train_s": time.perf_counter() - t_train}
-            recent = []
-            writer.write(done, row)
-            log.info("%s: step %d/%d loss %.4f", ctx.name, done, steps, row["loss"])
-        progress.update({"loss": float(metrics["loss"])} if done % 10 == 0 else {})
-        if done % cfg.train.checkpoint_every == 0 or done == steps:
-            save(done)
-    close()
-    params = jax.block_until_ready(params)
+        return step_fn(policy.graphdef, params, opt_state, batch, base, cfg.lora.scale)
+
+    t_train = time.perf_counter()
+    params, _ = loop.run(step, summarize=_row)
     train_s = time.perf_counter() - t_train
     distributed.sync("sft metrics written")  # process 0's metrics.jsonl, read by every process
     rows_ = read_metrics(workdir)

@@ -3,10 +3,9 @@ counted (or an error), and the log window a checkpoint carries restores bit for 
 
 import json
 
-import numpy as np
 import pytest
 
-from rlcot.stages.sft import SFTData, _window_from_json, _window_to_json, load_pairs
+from rlcot.stages.sft import SFTData, load_pairs
 from rlcot.toyworld.corpus import WorldConfig
 
 
@@ -40,16 +39,6 @@ def test_malformed_sft_rows_fail_fast_when_configured(tmp_path):
     with pytest.raises(ValueError, match="on_bad_rows must be 'skip' or 'error'"):
         SFTData(on_bad_rows="drop")
 
-
-def test_the_log_window_restores_bit_for_bit():
-    rng = np.random.default_rng(0)
-    window = [{"loss": np.float32(rng.normal()), "grad_norm": np.float32(rng.random()),
-               "target_tokens": np.float32(rng.integers(1, 999))} for _ in range(7)]
-    back = _window_from_json(json.loads(json.dumps(_window_to_json(window))))
-    for key in ("loss", "grad_norm", "target_tokens"):
-        a = np.mean([r[key] for r in window])
-        b = np.mean([r[key] for r in back])
-        assert a.dtype == b.dtype == np.float32 and a.tobytes() == b.tobytes()
 
 
 def test_dataset_rows_become_prompt_and_solution_pairs():
