@@ -179,6 +179,24 @@ def to_global(tree: Any, sharding: jax.sharding.Sharding) -> Any:
         sharding, np.asarray(x)), tree)
 
 
+def settle(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """`tree`, finished, on a CPU mesh of several devices; elsewhere `tree` at once.
+
+    XLA:CPU (jaxlib 0.10) can deadlock when programs over several devices are launched back to
+    back, and then aborts the process after 40 s ("Termination timeout for `all gather ...`
+    exceeded ... only 3 of 4 of them arrived"). Seen under load (2 cores, 8 host devices),
+    always right after the RL loop's back-to-back log-prob passes; in gdb, part of one
+    program's devices waited in its all-gathers, its other devices' launches waited in
+    Semaphore::Acquire, and the main thread waited inside the launch of the next program
+    (suspected: per-device launch semaphores taken in different orders by the two launches).
+    Waiting for each such program before launching the next costs nothing on CPU, where no
+    device queue needs keeping full; GPU and TPU streams order programs themselves."""
+    devices = mesh.devices
+    if devices.size > 1 and devices.flat[0].platform == "cpu":
+        return jax.block_until_ready(tree)
+    return tree
+
+
 def replicated(x: Any, mesh: jax.sharding.Mesh) -> Any:
     """A value that is the same on every process (a random key, a scalar) as a global array
     replicated on the mesh: jit and device_put take only global arrays for a mesh that spans

@@ -114,6 +114,11 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
                                  chunk=rc.learner.logprob_chunk, **packing)
     value_fn = (make_value_fn(critic_graphdef, critic_params, mesh=mesh, **packing)
                 if critic_params is not None else None)
+    prepare = rl_batch.make_prepare_fn(rc.advantage, obj.kl, group_size=G,
+                                       use_sampler_logp=obj.tis_cap is not None)
+
+    def settle(x: Any) -> Any:
+        return distributed.settle(x, mesh)
     # policy_params(state): the policy's weights (LoRA: the adapters merged into the base, made
     # when needed and not kept, so that only the sampler holds a second copy of the weights).
     sampler = Sampler(policy.cfg, policy_params(state), tokenizer=tokenizer, mesh=mesh)
@@ -210,23 +215,17 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
             (rollout.scores_N, rollout.row_valid_N, rollout.truncated_N), rows)
         everyone = gather(rollout)  # all rows' numbers, on every process, for the metrics
         with timer("logprobs"):
-            # Log-probs and values are read at completion tokens only (packed: only computed there)
+            # Log-probs and values are read at completion tokens only (packed: only computed
+            # there). settle: one program at a time on a CPU mesh (distributed.settle).
             args = (tb.tokens_NxL, tb.positions_NxL, tb.valid_NxL, tb.completion_mask_NxL)
-            logp_old = (logprob_fn(policy_params(state), *args) if ro.recompute_old_logp
-                        else tb.logp_NxL)
+            logp_old = (settle(logprob_fn(policy_params(state), *args))
+                        if ro.recompute_old_logp else tb.logp_NxL)
             ref = state.ref_params if base is None else base  # LoRA: adapters off
-            logp_ref = logprob_fn(ref, *args) if needs_ref else None
-            values = value_fn(state.critic_params, *args) if value_fn is not None else None
-            kl = (rl_batch.reward_kl(obj.kl, logp_old, logp_ref, tb.completion_mask_NxL)
-                  if obj.kl.placement == "reward" else None)
-            adv, returns = rl_batch.compute_advantages(
-                rc.advantage, scores_N, tb.completion_mask_NxL,
-                group_size=G, values_NxL=values, kl_NxL=kl, kl_coef=state.kl_coef,
-                row_valid_N=row_valid_N)
-            batch = rl_batch.make_update_batch(
-                tb, adv, logp_old, logp_ref_NxL=logp_ref, use_sampler_logp=obj.tis_cap is not None,
-                truncated_N=truncated_N, values_old_NxL=values,
-                returns_NxL=returns)
+            logp_ref = settle(logprob_fn(ref, *args)) if needs_ref else None
+            values = (settle(value_fn(state.critic_params, *args)) if value_fn is not None
+                      else None)
+            batch = settle(prepare(tb, scores_N, row_valid_N, truncated_N, logp_old, logp_ref,
+                                   values, state.kl_coef))
             batch = jax.block_until_ready(jax.device_put(batch, rows))
         update_metrics: dict[str, Any] = {"skipped_no_signal": 1.0}
         if everyone.row_valid_N.any():  # else no group carried a learning signal: no step
@@ -235,6 +234,7 @@ def run(rc: run_config.RunConfig, workdir: str | Path, resolver: Any) -> dict[st
                     state, batch, distributed.replicated(jax.random.fold_in(key, 1), mesh))
                 update_metrics = jax.device_get(update_metrics)
                 sampler.update_params(policy_params(state))
+                settle(sampler.params)
             check_nonfinite(update_metrics["nonfinite_streak"], rc.learner)
         if (rc.train.ref_refresh_every and needs_ref
                 and (step + 1) % rc.train.ref_refresh_every == 0):

@@ -8,7 +8,8 @@ tokens, i.e. the actions. Optional fields are None when unused.
 
 Between rollout and update the loop calls, in order: the old-policy (and reference, and value)
 forward passes (rl.logprobs.make_logprob_fn, rl.value.make_value_fn), `reward_kl` when the KL
-sits in the reward, `compute_advantages`, then `make_update_batch`.
+sits in the reward, `compute_advantages`, then `make_update_batch` (the last three as one
+compiled program: `make_prepare_fn`).
 """
 
 from __future__ import annotations
@@ -109,3 +110,26 @@ def compute_advantages(adv: AdvantageConfig, score_N: jax.Array, mask_NxL: jax.A
             raise ValueError("GAE needs values_NxL from the value model")
         return adv.fn(rewards_NxL, values_NxL * m, m, **adv.knobs())
     return adv.fn(rewards_NxL, m, **adv.knobs())
+
+
+def make_prepare_fn(adv: AdvantageConfig, kl: KLConfig, *, group_size: int,
+                    use_sampler_logp: bool):
+    """One compiled program from a rollout's rows and the forward passes' outputs to the
+    UpdateBatch: `reward_kl` (when the KL sits in the reward), `compute_advantages` and
+    `make_update_batch`, in that order, as the loop calls them. Returns
+    prepare(trainer_batch, score_N, row_valid_N, truncated_N, logp_old_NxL, logp_ref_NxL,
+    values_NxL, kl_coef) -> UpdateBatch (None for what is unused). One program instead of a
+    few dozen eager ones on arrays sharded over the mesh (see rlcot.distributed.settle)."""
+
+    def prepare(tb, score_N, row_valid_N, truncated_N, logp_old_NxL, logp_ref_NxL, values_NxL,
+                kl_coef):
+        kl_NxL = (reward_kl(kl, logp_old_NxL, logp_ref_NxL, tb.completion_mask_NxL)
+                  if kl.placement == "reward" else None)
+        adv_NxL, returns_NxL = compute_advantages(
+            adv, score_N, tb.completion_mask_NxL, group_size=group_size, values_NxL=values_NxL,
+            kl_NxL=kl_NxL, kl_coef=kl_coef, row_valid_N=row_valid_N)
+        return make_update_batch(tb, adv_NxL, logp_old_NxL, logp_ref_NxL=logp_ref_NxL,
+                                 use_sampler_logp=use_sampler_logp, truncated_N=truncated_N,
+                                 values_old_NxL=values_NxL, returns_NxL=returns_NxL)
+
+    return jax.jit(prepare)

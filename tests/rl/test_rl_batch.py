@@ -80,3 +80,42 @@ def test_prepare_batch_masks_truncated_rows_and_cleans_padding():
         prepare_batch(UpdateConfig(value=ValueConfig()), batch, critic=True)
     with pytest.raises(ValueError, match="value aggregation"):
         ValueConfig(aggregation="constant")
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "gae"])
+def test_the_compiled_prepare_program_is_the_eager_sequence(estimator):
+    """make_prepare_fn (one program, what the loop runs) against the documented sequence of
+    eager calls: reward_kl, compute_advantages, make_update_batch."""
+    from rlcot.rl.advantages import AdvantageConfig
+    from rlcot.rl.batch import compute_advantages, make_prepare_fn, reward_kl
+    from rlcot.sampling.outputs import TrainerBatch
+    rng = np.random.default_rng(0)
+    N, L, G = 8, 6, 4
+    mask = (rng.random((N, L)) < 0.7).astype(bool)
+    mask[:, 0] = False
+    mask[:, 1] = True
+    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)  # noqa: E731
+    tb = TrainerBatch(jnp.asarray(rng.integers(0, 50, (N, L)), jnp.int32),
+                      jnp.tile(jnp.arange(L), (N, 1)), jnp.ones((N, L), bool),
+                      jnp.asarray(mask), f(N, L), f(N, L))
+    scores, logp_old, logp_ref = f(N), f(N, L), f(N, L)
+    row_valid = jnp.asarray([True] * 7 + [False])
+    truncated = jnp.asarray([False] * 6 + [True, False])
+    values = f(N, L) if estimator == "gae" else None
+    adv_cfg = AdvantageConfig(estimator=estimator)
+    kl = KLConfig(estimator="k3", placement="reward", coef=0.05)
+    kl_coef = jnp.float32(0.05)
+
+    got = make_prepare_fn(adv_cfg, kl, group_size=G, use_sampler_logp=True)(
+        tb, scores, row_valid, truncated, logp_old, logp_ref, values, kl_coef)
+    kl_NxL = reward_kl(kl, logp_old, logp_ref, tb.completion_mask_NxL)
+    adv, returns = compute_advantages(adv_cfg, scores, tb.completion_mask_NxL, group_size=G,
+                                      values_NxL=values, kl_NxL=kl_NxL, kl_coef=kl_coef,
+                                      row_valid_N=row_valid)
+    want = make_update_batch(tb, adv, logp_old, logp_ref_NxL=logp_ref, use_sampler_logp=True,
+                             truncated_N=truncated, values_old_NxL=values, returns_NxL=returns)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    assert (returns is not None) == (estimator == "gae")
+    assert float(jnp.abs(want.adv_NxL).sum()) > 0
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
