@@ -113,10 +113,9 @@ def _signal_at(path, step, sig=signal.SIGTERM):
         while time.time() < deadline:
             if path.is_file() and any(json.loads(x)["step"] >= step
                                       for x in path.read_text().splitlines() if x.strip()):
-                # To the main thread, where rlcot.preempt's handler runs: a process-directed
-                # signal may land on any thread, and twice under load a worker died with
-                # SIGABRT while a SIGTERM test ran (suspected: the signal interrupted one of
-                # XLA's threads; not proven).
+                # To the main thread, where rlcot.preempt's handler runs (a process-directed
+                # signal may land on any thread). The SIGABRTs once suspected here were XLA:CPU
+                # aborting a deadlocked collective, signal or not (rlcot.distributed.settle).
                 signal.pthread_kill(threading.main_thread().ident, sig)
                 return
             time.sleep(0.02)
