@@ -308,6 +308,30 @@ def test_sigterm_to_every_process_stops_all_at_one_step_and_a_relaunch_resumes(r
     _same_params(one, out)
 
 
+def _run_joined(code: str, local_devices: int) -> list[tuple[int, str, str]]:
+    """`python -c code` in 2 processes that rlcot.main's environment variables join
+    (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); (returncode, stdout,
+    stderr) of each, both ended (killed if still running on the way out)."""
+    port = _free_port()
+    procs = []
+    for p in range(2):
+        env = _env(local_devices)
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(p))
+        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            results.append((proc.returncode, out, err))
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def test_main_joins_the_processes_named_by_the_environment(tmp_path):
     """rlcot.main starts jax.distributed from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
     JAX_PROCESS_ID before anything asks jax about its devices (asking first would start a
@@ -315,24 +339,10 @@ def test_main_joins_the_processes_named_by_the_environment(tmp_path):
     code = ("from absl import flags; import rlcot.main as m; flags.FLAGS(['main']); "
             "m._maybe_init_distributed(); import jax; "
             "print(jax.process_count(), jax.process_index(), jax.device_count())")
-    port = _free_port()
-    procs = []
-    for p in range(2):
-        env = _env(2)
-        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(p))
-        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err[-2000:]
-            outs.append(out.split()[-3:])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    for returncode, out, err in _run_joined(code, local_devices=2):
+        assert returncode == 0, err[-2000:]
+        outs.append(out.split()[-3:])
     assert outs == [["2", "0", "4"], ["2", "1", "4"]]
 
 
@@ -347,22 +357,8 @@ def test_a_sigterm_before_rlcots_handlers_is_not_swallowed_by_jax(tmp_path):
             "from rlcot import distributed; distributed.sync('joined'); "
             "print(jax.process_count(), flush=True); os.kill(os.getpid(), signal.SIGTERM); "
             "time.sleep(20); print('survived', flush=True)")
-    port = _free_port()
-    procs = []
-    for p in range(2):
-        env = _env(1)
-        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(p))
-        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
-            # Ended by its SIGTERM, or aborted by jax once the other process (process 0 holds
-            # the coordination service) has ended: either way it did not go on.
-            assert "survived" not in out and proc.returncode != 0, (out, err[-2000:])
-            assert "SIGTERM caught" not in err
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    for returncode, out, err in _run_joined(code, local_devices=1):
+        # Ended by its SIGTERM, or aborted by jax once the other process (process 0 holds the
+        # coordination service) has ended: either way it did not go on.
+        assert "survived" not in out and returncode != 0, (out, err[-2000:])
+        assert "SIGTERM caught" not in err
